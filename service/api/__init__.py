@@ -1,0 +1,79 @@
+"""HTTP layer: parse and validate, call a use case, shape the response."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flask import current_app, g, request
+
+from service.app import Services
+from service.audit import Caller
+from service.auth import authenticate
+from service.errors import BadRequest, ServiceError, ValidationFailed
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Send the body as application/json"
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["sealednotes"]
+    return svc
+
+
+def caller() -> Caller:
+    if "caller" not in g:
+        svc = services()
+        principal = authenticate(svc.store, svc.clock, request.headers.get("Authorization"))
+        # X-Forwarded-For is deliberately ignored: clients could spoof it.
+        g.caller = Caller(principal, g.get("request_id"), request.remote_addr)
+    c: Caller = g.caller
+    return c
+
+
+def json_body() -> Any:
+    if not request.is_json:
+        raise UnsupportedMediaType()
+    data = request.get_json(silent=True)
+    if data is None:
+        raise BadRequest("The body is not valid JSON")
+    return data
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def int_arg(name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed({name: ["Not a valid integer."]}) from None
+    if not minimum <= value <= maximum:
+        raise ValidationFailed({name: [f"Must be between {minimum} and {maximum}."]})
+    return value
+
+
+def encode_cursor(after: tuple[datetime, str]) -> str:
+    raw = f"{after[0].isoformat()}|{after[1]}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> tuple[datetime, str] | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        when, _, ident = raw.partition("|")
+        return datetime.fromisoformat(when), str(uuid.UUID(ident))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed({"cursor": ["Not a valid cursor."]}) from None

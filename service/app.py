@@ -1,0 +1,201 @@
+"""Application factory: the one place where everything is wired.
+
+Nothing connects at import time. The database pool and the Vault client open
+lazily in the process that serves requests (after gunicorn forks).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from service.alerts import Alerter
+from service.audit import AuditLog
+from service.clock import Clock, SystemClock
+from service.config import Settings
+from service.errors import ServiceError
+from service.keycache import KeyCache
+from service.keyrelease import KeyReleaseGate
+from service.metrics import Metrics
+from service.notes import NotesService
+from service.patients import PatientsService
+from service.principals import PrincipalsService
+from service.problems import problem_response
+from service.store import Store
+from service.vault import VaultKeyService
+
+log = logging.getLogger("sealednotes")
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A note body is at most 1 MiB of characters; JSON escaping can make that
+# several times larger in bytes.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    store: Store
+    keys: VaultKeyService
+    cache: KeyCache
+    metrics: Metrics
+    alerts: Alerter
+    audit: AuditLog
+    gate: KeyReleaseGate
+    notes: NotesService
+    patients: PatientsService
+    principals: PrincipalsService
+
+
+def build_services(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    keys: VaultKeyService | None = None,
+    metrics: Metrics | None = None,
+) -> Services:
+    clock = clock or SystemClock()
+    store = store or Store(
+        settings.database_url,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        timeout=settings.db_timeout,
+    )
+    keys = keys or VaultKeyService(
+        addr=settings.vault_addr,
+        token=settings.vault_token,
+        role_id=settings.vault_role_id,
+        secret_id=settings.vault_secret_id,
+        mount=settings.vault_mount,
+        timeout=settings.vault_timeout,
+    )
+    metrics = metrics or Metrics()
+    cache = KeyCache(ttl_seconds=settings.key_cache_ttl, max_entries=settings.key_cache_size)
+    alerts = Alerter(metrics, settings.alert_webhook_url)
+    audit = AuditLog()
+    gate = KeyReleaseGate(
+        keys=keys,
+        cache=cache,
+        audit=audit,
+        alerts=alerts,
+        metrics=metrics,
+        budgets=settings.budgets,
+        clock=clock,
+    )
+    return Services(
+        settings=settings,
+        clock=clock,
+        store=store,
+        keys=keys,
+        cache=cache,
+        metrics=metrics,
+        alerts=alerts,
+        audit=audit,
+        gate=gate,
+        notes=NotesService(store=store, gate=gate, audit=audit, clock=clock),
+        patients=PatientsService(
+            store=store,
+            keys=keys,
+            audit=audit,
+            alerts=alerts,
+            clock=clock,
+            budgets=settings.budgets,
+        ),
+        principals=PrincipalsService(
+            store=store,
+            keys=keys,
+            audit=audit,
+            clock=clock,
+            token_ttl_days=settings.token_ttl_days,
+        ),
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    keys: VaultKeyService | None = None,
+    metrics: Metrics | None = None,
+) -> Flask:
+    settings = settings or Settings.from_env()
+    services = build_services(settings, clock=clock, store=store, keys=keys, metrics=metrics)
+
+    app = Flask("sealednotes")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["sealednotes"] = services
+
+    from service.api import admin, health, me, notes, patients
+
+    for bp in (health.bp, me.bp, patients.bp, notes.bp, admin.bp):
+        app.register_blueprint(bp)
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-Id", "")
+        g.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid.uuid4())
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        route = request.url_rule.rule if request.url_rule else "<unmatched>"
+        services.metrics.requests.labels(
+            route=route, method=request.method, status=str(response.status_code)
+        ).inc()
+        if "started" in g:
+            services.metrics.latency.labels(route=route).observe(time.perf_counter() - g.started)
+        return response
+
+    @app.errorhandler(ServiceError)
+    def _service_error(e: ServiceError) -> Response:
+        if e.status >= 500:
+            kind = "vault" if e.slug == "key-service-unavailable" else "database"
+            if e.slug in ("key-service-unavailable", "database-unavailable"):
+                services.metrics.dependency_errors.labels(dependency=kind).inc()
+            log.warning("request failed: %s (%s)", e.slug, type(e.__cause__).__name__)
+        return problem_response(
+            e.status, e.type_uri, e.title, e.detail, headers=e.headers, extra=e.extra
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        status = e.code or 500
+        slug = {
+            404: "not-found",
+            405: "method-not-allowed",
+            413: "payload-too-large",
+            415: "unsupported-media-type",
+        }.get(status, "bad-request" if status < 500 else "internal-error")
+        headers: dict[str, Any] = {}
+        if status == 405 and e.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+        return problem_response(
+            status, f"https://sealednotes.dev/problems/{slug}", e.name, e.name, headers=headers
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        # Tracebacks name code, not data: our exception messages are fixed strings.
+        log.error("unhandled %s", type(e).__name__, exc_info=e)
+        return problem_response(
+            500,
+            "https://sealednotes.dev/problems/internal-error",
+            "Internal error",
+            "An unexpected error occurred; it has been logged with the request id",
+        )
+
+    return app

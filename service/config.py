@@ -1,0 +1,129 @@
+"""Configuration, read in one place from the environment.
+
+Secrets (the Vault token, AppRole secret) have no default: the service refuses
+to start without them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable service."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name} must be an integer") from e
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name} must be a number") from e
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Budgets:
+    per_hour: int = 60
+    per_day: int = 200
+    tenant_per_hour: int = 1000
+    suspend_after_denials: int = 5
+    break_glass_per_day: int = 3
+    break_glass_hours: float = 4.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    vault_addr: str
+    vault_token: str | None = field(default=None, repr=False)
+    vault_role_id: str | None = None
+    vault_secret_id: str | None = field(default=None, repr=False)
+    vault_mount: str = "transit"
+    vault_timeout: float = 2.0
+    db_timeout: float = 2.0
+    request_timeout: float = 5.0
+    bind: str = "127.0.0.1:8080"
+    workers: int = 2
+    pool_min: int = 1
+    pool_max: int = 8
+    budgets: Budgets = field(default_factory=Budgets)
+    key_cache_ttl: float = 60.0
+    key_cache_size: int = 4096
+    token_ttl_days: int = 90
+    alert_webhook_url: str | None = None
+    max_body_chars: int = 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        database_url = env.get("SEALEDNOTES_DATABASE_URL")
+        if not database_url:
+            raise ConfigError("SEALEDNOTES_DATABASE_URL is required")
+        vault_addr = env.get("VAULT_ADDR")
+        if not vault_addr:
+            raise ConfigError("VAULT_ADDR is required")
+        token = env.get("VAULT_TOKEN") or None
+        role_id = env.get("SEALEDNOTES_VAULT_ROLE_ID") or None
+        secret_id = env.get("SEALEDNOTES_VAULT_SECRET_ID") or None
+        if not token and not (role_id and secret_id):
+            raise ConfigError(
+                "Vault credentials are required: VAULT_TOKEN, or "
+                "SEALEDNOTES_VAULT_ROLE_ID and SEALEDNOTES_VAULT_SECRET_ID"
+            )
+        key_cache_ttl = _float(env, "SEALEDNOTES_KEY_CACHE_TTL", 60.0)
+        if key_cache_ttl > 60:
+            raise ConfigError("SEALEDNOTES_KEY_CACHE_TTL must be <= 60 seconds")
+        vault_timeout = _float(env, "SEALEDNOTES_VAULT_TIMEOUT", 2.0)
+        db_timeout = _float(env, "SEALEDNOTES_DB_TIMEOUT", 2.0)
+        request_timeout = _float(env, "SEALEDNOTES_REQUEST_TIMEOUT", 5.0)
+        if request_timeout <= max(vault_timeout, db_timeout):
+            raise ConfigError(
+                "SEALEDNOTES_REQUEST_TIMEOUT must exceed the Vault and database timeouts"
+            )
+        return cls(
+            database_url=database_url,
+            vault_addr=vault_addr,
+            vault_token=token,
+            vault_role_id=role_id,
+            vault_secret_id=secret_id,
+            vault_mount=env.get("SEALEDNOTES_VAULT_MOUNT", "transit"),
+            vault_timeout=vault_timeout,
+            db_timeout=db_timeout,
+            request_timeout=request_timeout,
+            bind=env.get("SEALEDNOTES_BIND", "127.0.0.1:8080"),
+            workers=_int(env, "SEALEDNOTES_WORKERS", 2, minimum=1),
+            pool_min=_int(env, "SEALEDNOTES_POOL_MIN", 1, minimum=0),
+            pool_max=_int(env, "SEALEDNOTES_POOL_MAX", 8, minimum=1),
+            budgets=Budgets(
+                per_hour=_int(env, "SEALEDNOTES_RELEASE_PER_HOUR", 60, minimum=1),
+                per_day=_int(env, "SEALEDNOTES_RELEASE_PER_DAY", 200, minimum=1),
+                tenant_per_hour=_int(env, "SEALEDNOTES_TENANT_RELEASE_PER_HOUR", 1000, minimum=1),
+                suspend_after_denials=_int(env, "SEALEDNOTES_SUSPEND_AFTER_DENIALS", 5, minimum=1),
+                break_glass_per_day=_int(env, "SEALEDNOTES_BREAK_GLASS_PER_DAY", 3, minimum=0),
+                break_glass_hours=_float(env, "SEALEDNOTES_BREAK_GLASS_HOURS", 4.0),
+            ),
+            key_cache_ttl=key_cache_ttl,
+            key_cache_size=_int(env, "SEALEDNOTES_KEY_CACHE_SIZE", 4096, minimum=0),
+            token_ttl_days=_int(env, "SEALEDNOTES_TOKEN_TTL_DAYS", 90, minimum=1),
+            alert_webhook_url=env.get("SEALEDNOTES_ALERT_WEBHOOK_URL") or None,
+        )

@@ -1,0 +1,412 @@
+"""The key-release gate: the one place where a patient's data key leaves Vault.
+
+Every path that returns note content goes through `KeyReleaseGate.release`:
+
+    identity -> not suspended -> care team or break-glass -> decoy trap
+             -> budget -> unwrap (or cache) -> audit record
+
+and decrypts only after the transaction carrying the audit record commits.
+Writes go through `KeyReleaseGate.key_for_write`: same identity, access and
+decoy checks, audited, but no charge against the distinct-patient budget
+(a write returns no content).
+
+Budgets are counted in PostgreSQL (`key_releases`), so every worker and replica
+shares them. A release of a patient already released to the same principal
+within the last hour is free. New releases take a row lock on the principal and
+an advisory lock on the tenant's budget, so concurrent requests cannot
+over-release.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from crypto import DecryptionError, WrappedKey, key_context
+from crypto.keywrap import KeyWrapper
+from service.alerts import Alerter
+from service.audit import AuditLog, Caller
+from service.clock import Clock
+from service.config import Budgets
+from service.errors import (
+    AccountSuspended,
+    BudgetExceeded,
+    Gone,
+    IntegrityFailure,
+    NotFound,
+)
+from service.keycache import KeyCache, cache_key
+from service.metrics import Metrics
+from service.models import BudgetUsage, Patient, Principal
+from service.store import DAY, HOUR, Tx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """What the RateLimit-* headers and /v1/me report (hourly window)."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int
+    day_limit: int
+    day_remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    key: bytes | None  # None: the patient has no data key yet (no notes)
+    patient: Patient
+    via: str  # "care-team" | "break-glass"
+    budget: BudgetStatus
+
+    def __repr__(self) -> str:  # never print key material
+        return f"Release(patient={self.patient.id!r}, via={self.via!r})"
+
+
+def _seconds_until(when: datetime | None, now: datetime) -> int:
+    if when is None:
+        return 1
+    return max(1, math.ceil((when - now).total_seconds()))
+
+
+class KeyReleaseGate:
+    def __init__(
+        self,
+        *,
+        keys: KeyWrapper,
+        cache: KeyCache,
+        audit: AuditLog,
+        alerts: Alerter,
+        metrics: Metrics,
+        budgets: Budgets,
+        clock: Clock,
+    ) -> None:
+        self._keys = keys
+        self._cache = cache
+        self._audit = audit
+        self._alerts = alerts
+        self._metrics = metrics
+        self._budgets = budgets
+        self._clock = clock
+
+    # -- limits ----------------------------------------------------------------------
+
+    def limits_for(self, principal: Principal) -> tuple[int, int]:
+        return (
+            principal.release_per_hour or self._budgets.per_hour,
+            principal.release_per_day or self._budgets.per_day,
+        )
+
+    def budget_status(
+        self, principal: Principal, usage: BudgetUsage, now: datetime
+    ) -> BudgetStatus:
+        per_hour, per_day = self.limits_for(principal)
+        reset = _seconds_until(usage.hour_oldest + HOUR, now) if usage.hour_oldest else 0
+        return BudgetStatus(
+            limit=per_hour,
+            remaining=max(0, per_hour - usage.hour),
+            reset_seconds=reset,
+            day_limit=per_day,
+            day_remaining=max(0, per_day - usage.day),
+        )
+
+    # -- shared checks ------------------------------------------------------------------
+
+    def _deny_and_commit(self, tx: Tx, exc: Exception) -> None:
+        # Denials must be recorded even though the request fails.
+        tx.commit()
+        raise exc
+
+    def _suspend(
+        self, tx: Tx, caller: Caller, now: datetime, *, cause: str, patient_id: str | None
+    ) -> None:
+        p = caller.principal
+        if tx.suspend_principal(p.id, cause, now):
+            self._audit.record(
+                tx,
+                now,
+                action="principal.suspend",
+                outcome="granted",
+                caller=caller,
+                patient_id=patient_id,
+                reason=cause,
+            )
+            self._metrics.suspensions.labels(cause=cause).inc()
+            self._alerts.emit(
+                "principal-suspended",
+                cause=cause,
+                tenant_id=p.tenant_id,
+                principal_id=p.id,
+                patient_id=patient_id,
+            )
+
+    def _access(
+        self,
+        tx: Tx,
+        caller: Caller,
+        patient_id: str,
+        now: datetime,
+        *,
+        action: str,
+        note_id: str | None,
+    ) -> tuple[Patient, str]:
+        """Identity, suspension, object access and the decoy trap."""
+        p = caller.principal
+        current = tx.principal(p.id)
+        if current is None or current.suspended:
+            raise AccountSuspended()
+        patient = tx.patient(p.tenant_id, patient_id)
+        care, glass = tx.access_to_patient(p.id, patient_id, now) if patient else (False, False)
+        if patient is None or not (care or glass):
+            # A forbidden patient and a nonexistent one look the same to the caller.
+            self._audit.record(
+                tx,
+                now,
+                action=action,
+                outcome="denied",
+                caller=caller,
+                patient_id=patient_id if patient else None,
+                note_id=note_id,
+                reason="not-on-care-team" if patient else "no-such-patient",
+            )
+            self._metrics.key_releases.labels(outcome="denied").inc()
+            self._deny_and_commit(tx, NotFound())
+        assert patient is not None
+        if patient.is_decoy:
+            self._audit.record(
+                tx,
+                now,
+                action=action,
+                outcome="denied",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note_id,
+                reason="decoy-patient",
+            )
+            self._suspend(tx, caller, now, cause="decoy-patient", patient_id=patient.id)
+            self._alerts.emit(
+                "decoy-accessed", tenant_id=p.tenant_id, principal_id=p.id, patient_id=patient.id
+            )
+            self._metrics.key_releases.labels(outcome="decoy").inc()
+            self._deny_and_commit(tx, AccountSuspended())
+        if patient.shredded_at is not None:
+            self._audit.record(
+                tx,
+                now,
+                action=action,
+                outcome="denied",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note_id,
+                reason="patient-shredded",
+            )
+            self._deny_and_commit(tx, Gone())
+        return patient, ("care-team" if care else "break-glass")
+
+    def _unwrap(self, tx: Tx, patient: Patient) -> bytes | None:
+        row = tx.patient_key(patient.id)
+        if row is None:
+            return None
+        ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
+        cached = self._cache.get(ckey)
+        if cached is not None:
+            self._metrics.key_cache.labels(result="hit").inc()
+            return cached
+        self._metrics.key_cache.labels(result="miss").inc()
+        try:
+            key = self._keys.unwrap(
+                WrappedKey(row.wrapped_key, row.key_version),
+                tenant_id=patient.tenant_id,
+                context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
+            )
+        except DecryptionError as e:
+            log.error("wrapped key failed to unwrap for patient %s", patient.id)
+            raise IntegrityFailure() from e
+        self._cache.put(ckey, key)
+        return key
+
+    # -- budget -----------------------------------------------------------------------
+
+    def _charge_budget(
+        self, tx: Tx, caller: Caller, patient_id: str, now: datetime
+    ) -> tuple[BudgetUsage, BudgetExceeded | None]:
+        p = caller.principal
+        usage = tx.budget_usage(p.id, p.tenant_id, patient_id, now)
+        if usage.patient_in_hour:
+            return usage, None  # already released within the hour: free
+        # A new distinct patient: serialise on the principal and the tenant budget,
+        # then count again under the locks.
+        tx.principal(p.id, for_update=True)
+        tx.lock_tenant_budget(p.tenant_id)
+        usage = tx.budget_usage(p.id, p.tenant_id, patient_id, now)
+        if usage.patient_in_hour:
+            return usage, None
+        per_hour, per_day = self.limits_for(p)
+        if usage.hour >= per_hour:
+            return usage, BudgetExceeded(
+                f"Hourly key-release budget of {per_hour} distinct patients is exhausted",
+                retry_after=_seconds_until(
+                    usage.hour_oldest + HOUR if usage.hour_oldest else None, now
+                ),
+                scope="principal-hour",
+            )
+        if not usage.patient_in_day and usage.day >= per_day:
+            return usage, BudgetExceeded(
+                f"Daily key-release budget of {per_day} distinct patients is exhausted",
+                retry_after=_seconds_until(
+                    usage.day_oldest + DAY if usage.day_oldest else None, now
+                ),
+                scope="principal-day",
+            )
+        if usage.tenant_hour >= self._budgets.tenant_per_hour:
+            return usage, BudgetExceeded(
+                "The organisation's hourly key-release budget is exhausted",
+                retry_after=_seconds_until(
+                    usage.tenant_oldest + HOUR if usage.tenant_oldest else None, now
+                ),
+                scope="tenant-hour",
+            )
+        tx.record_release(p.id, p.tenant_id, patient_id, now)
+        return (
+            BudgetUsage(
+                hour=usage.hour + 1,
+                day=usage.day + (0 if usage.patient_in_day else 1),
+                tenant_hour=usage.tenant_hour + 1,
+                patient_in_hour=True,
+                patient_in_day=True,
+                hour_oldest=usage.hour_oldest or now,
+                day_oldest=usage.day_oldest or now,
+                tenant_oldest=usage.tenant_oldest or now,
+            ),
+            None,
+        )
+
+    def _throttle(
+        self,
+        tx: Tx,
+        caller: Caller,
+        patient_id: str,
+        note_id: str | None,
+        action: str,
+        exc: BudgetExceeded,
+        now: datetime,
+    ) -> None:
+        p = caller.principal
+        scope = str(exc.extra.get("scope"))
+        self._audit.record(
+            tx,
+            now,
+            action=action,
+            outcome="throttled",
+            caller=caller,
+            patient_id=patient_id,
+            note_id=note_id,
+            reason=scope,
+        )
+        self._metrics.key_releases.labels(outcome="throttled").inc()
+        denials = tx.record_denial(p.id, scope, now)
+        if denials >= self._budgets.suspend_after_denials:
+            self._suspend(tx, caller, now, cause="repeated-budget-denials", patient_id=None)
+        elif denials == 1:
+            self._alerts.emit(
+                "budget-exhausted", scope=scope, tenant_id=p.tenant_id, principal_id=p.id
+            )
+        self._deny_and_commit(tx, exc)
+
+    # -- the gate ---------------------------------------------------------------------
+
+    def release(
+        self,
+        tx: Tx,
+        caller: Caller,
+        patient_id: str,
+        *,
+        action: str,
+        note_id: str | None = None,
+    ) -> Release:
+        """Release a patient's data key for reading, or raise (after auditing)."""
+        now = self._clock.now()
+        patient, via = self._access(tx, caller, patient_id, now, action=action, note_id=note_id)
+        if via == "care-team":
+            usage, exceeded = self._charge_budget(tx, caller, patient.id, now)
+            if exceeded is not None:
+                self._throttle(tx, caller, patient.id, note_id, action, exceeded, now)
+        else:
+            # Break-glass has its own budget, charged when it was opened.
+            usage = tx.budget_usage(caller.principal.id, caller.principal.tenant_id, None, now)
+        key = self._unwrap(tx, patient)
+        self._audit.record(
+            tx,
+            now,
+            action=action,
+            outcome="granted",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason="break-glass" if via == "break-glass" else None,
+        )
+        self._metrics.key_releases.labels(outcome="granted").inc()
+        return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
+
+    def key_for_write(
+        self,
+        tx: Tx,
+        caller: Caller,
+        patient_id: str,
+        *,
+        action: str,
+        note_id: str | None = None,
+    ) -> tuple[Patient, bytes]:
+        """Access-check a write and return the patient's data key (created if needed).
+
+        The caller audits the write itself, once it knows the note id.
+        """
+        now = self._clock.now()
+        patient, _via = self._access(tx, caller, patient_id, now, action=action, note_id=note_id)
+        key = self._unwrap(tx, patient)
+        if key is not None:
+            return patient, key
+        context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
+        new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
+        if tx.insert_patient_key(
+            patient.id, patient.tenant_id, new.wrapped.ciphertext, new.wrapped.key_version, now
+        ):
+            self._cache.put(
+                cache_key(
+                    patient.tenant_id, patient.id, new.wrapped.key_version, new.wrapped.ciphertext
+                ),
+                new.plaintext,
+            )
+            return patient, new.plaintext
+        # Another writer created the key first: use theirs.
+        key = self._unwrap(tx, patient)
+        assert key is not None
+        return patient, key
+
+    def check_metadata_access(self, tx: Tx, caller: Caller, patient_id: str) -> Patient:
+        """Access check for metadata-only reads: audited, no key release, no budget."""
+        now = self._clock.now()
+        patient, via = self._access(tx, caller, patient_id, now, action="note.list", note_id=None)
+        self._audit.record(
+            tx,
+            now,
+            action="note.list",
+            outcome="granted",
+            caller=caller,
+            patient_id=patient.id,
+            reason="break-glass" if via == "break-glass" else None,
+        )
+        return patient
+
+    def usage(self, tx: Tx, principal: Principal) -> BudgetStatus:
+        now = self._clock.now()
+        usage = tx.budget_usage(principal.id, principal.tenant_id, None, now)
+        return self.budget_status(principal, usage, now)
+
+    @staticmethod
+    def break_glass_window(hours: float) -> timedelta:
+        return timedelta(hours=hours)

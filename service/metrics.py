@@ -1,0 +1,46 @@
+"""Prometheus counters (text format served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "sealednotes_http_requests_total",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sealednotes_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=self.registry,
+        )
+        self.key_releases = Counter(
+            "sealednotes_key_releases_total",
+            "Key release decisions",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.key_cache = Counter(
+            "sealednotes_key_cache_total", "Key cache lookups", ["result"], registry=self.registry
+        )
+        self.suspensions = Counter(
+            "sealednotes_suspensions_total",
+            "Principals suspended",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.alerts = Counter(
+            "sealednotes_alerts_total", "Security alerts emitted", ["kind"], registry=self.registry
+        )
+        self.dependency_errors = Counter(
+            "sealednotes_dependency_errors_total",
+            "Vault and database errors",
+            ["dependency"],
+            registry=self.registry,
+        )

@@ -1,0 +1,102 @@
+"""Plain data records passed between the store, the use cases and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    CLINICIAN = "clinician"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+    INTEGRATION = "integration"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: str
+    tenant_id: str
+    name: str
+    role: Role
+    suspended_at: datetime | None = None
+    release_per_hour: int | None = None
+    release_per_day: int | None = None
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspended_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    id: str
+    tenant_id: str
+    is_decoy: bool
+    shredded_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PatientKeyRow:
+    patient_id: str
+    wrapped_key: str
+    key_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoteRow:
+    id: str
+    tenant_id: str
+    patient_id: str
+    kind: str
+    status: str
+    current_version: int
+    encounter_at: datetime | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NoteVersionRow:
+    note_id: str
+    version: int
+    sealed: bytes
+    author_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    action: str
+    outcome: str
+    tenant_id: str | None = None
+    principal_id: str | None = None
+    role: str | None = None
+    patient_id: str | None = None
+    note_id: str | None = None
+    reason: str | None = None
+    request_id: str | None = None
+    client_addr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """Distinct patients released in the sliding windows, before this request."""
+
+    hour: int
+    day: int
+    tenant_hour: int
+    patient_in_hour: bool
+    patient_in_day: bool
+    hour_oldest: datetime | None
+    day_oldest: datetime | None
+    tenant_oldest: datetime | None

@@ -1,0 +1,273 @@
+"""Note use cases. Each reads as: open a transaction, check access (the gate),
+act, audit, commit, and only then decrypt."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from crypto import DecryptionError, note_aad, open_sealed, seal
+from service.audit import AuditLog, Caller
+from service.clock import Clock
+from service.errors import Forbidden, IntegrityFailure, NotFound, PreconditionFailed
+from service.keyrelease import BudgetStatus, KeyReleaseGate
+from service.models import NoteRow, NoteVersionRow, Role
+from service.store import Store, Tx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NoteContent:
+    title: str | None
+    body: str
+
+    def __repr__(self) -> str:  # health data never reaches a log line
+        return "NoteContent(<sealed>)"
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptedVersion:
+    row: NoteVersionRow
+    content: NoteContent
+
+
+@dataclass(frozen=True, slots=True)
+class NoteView:
+    note: NoteRow
+    content: NoteContent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotePage:
+    notes: list[NoteView]
+    next_after: tuple[datetime, str] | None
+    budget: BudgetStatus | None
+
+
+def _encode(content: NoteContent) -> bytes:
+    return json.dumps({"t": content.title, "b": content.body}, ensure_ascii=False).encode("utf-8")
+
+
+def _decode(raw: bytes) -> NoteContent:
+    data = json.loads(raw.decode("utf-8"))
+    return NoteContent(title=data.get("t"), body=data["b"])
+
+
+def _aad(note: NoteRow, version: int) -> bytes:
+    return note_aad(
+        tenant_id=note.tenant_id, patient_id=note.patient_id, note_id=note.id, version=version
+    )
+
+
+def _require_clinician(caller: Caller) -> None:
+    if caller.principal.role is not Role.CLINICIAN:
+        raise Forbidden("Only clinicians read or write note content")
+
+
+class NotesService:
+    def __init__(self, *, store: Store, gate: KeyReleaseGate, audit: AuditLog, clock: Clock):
+        self._store = store
+        self._gate = gate
+        self._audit = audit
+        self._clock = clock
+
+    def _decrypt(self, key: bytes | None, note: NoteRow, row: NoteVersionRow) -> NoteContent:
+        if key is None:
+            raise IntegrityFailure()
+        try:
+            return _decode(open_sealed(key, row.sealed, aad=_aad(note, row.version)))
+        except DecryptionError as e:
+            log.error("note %s version %s failed authentication", note.id, row.version)
+            raise IntegrityFailure() from e
+
+    def _note_or_404(self, tx: Tx, caller: Caller, note_id: str, action: str) -> NoteRow:
+        note = tx.note(caller.principal.tenant_id, note_id)
+        if note is None:
+            now = self._clock.now()
+            self._audit.record(
+                tx,
+                now,
+                action=action,
+                outcome="denied",
+                caller=caller,
+                note_id=note_id,
+                reason="no-such-note",
+            )
+            tx.commit()
+            raise NotFound()
+        return note
+
+    # -- writes ------------------------------------------------------------------------
+
+    def create(
+        self,
+        caller: Caller,
+        patient_id: str,
+        *,
+        kind: str,
+        content: NoteContent,
+        encounter_at: datetime | None,
+    ) -> NoteRow:
+        _require_clinician(caller)
+        note_id = str(uuid.uuid4())
+        with self._store.transaction() as tx:
+            patient, key = self._gate.key_for_write(
+                tx, caller, patient_id, action="note.create", note_id=note_id
+            )
+            now = self._clock.now()
+            note = tx.insert_note(
+                note_id,
+                patient.tenant_id,
+                patient.id,
+                kind,
+                encounter_at,
+                caller.principal.id,
+                now,
+            )
+            tx.insert_note_version(
+                note.id,
+                1,
+                seal(key, _encode(content), aad=_aad(note, 1)),
+                caller.principal.id,
+                now,
+            )
+            self._audit.record(
+                tx,
+                now,
+                action="note.create",
+                outcome="granted",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note.id,
+            )
+            return note
+
+    def amend(
+        self,
+        caller: Caller,
+        note_id: str,
+        *,
+        expected_version: int,
+        kind: str,
+        content: NoteContent,
+        encounter_at: datetime | None,
+    ) -> NoteRow:
+        _require_clinician(caller)
+        with self._store.transaction() as tx:
+            note = self._note_or_404(tx, caller, note_id, "note.amend")
+            _patient, key = self._gate.key_for_write(
+                tx, caller, note.patient_id, action="note.amend", note_id=note.id
+            )
+            now = self._clock.now()
+            updated = tx.bump_note_version(note.id, expected_version, kind, encounter_at, now)
+            if updated is None:
+                raise PreconditionFailed(
+                    f"The note is at version {note.current_version}; re-read it and retry"
+                )
+            tx.insert_note_version(
+                note.id,
+                updated.current_version,
+                seal(key, _encode(content), aad=_aad(updated, updated.current_version)),
+                caller.principal.id,
+                now,
+            )
+            self._audit.record(
+                tx,
+                now,
+                action="note.amend",
+                outcome="granted",
+                caller=caller,
+                patient_id=note.patient_id,
+                note_id=note.id,
+            )
+            return updated
+
+    def mark_entered_in_error(self, caller: Caller, note_id: str) -> NoteRow:
+        _require_clinician(caller)
+        with self._store.transaction() as tx:
+            note = self._note_or_404(tx, caller, note_id, "note.delete")
+            self._gate.key_for_write(
+                tx, caller, note.patient_id, action="note.delete", note_id=note.id
+            )
+            now = self._clock.now()
+            tx.mark_entered_in_error(note.id, now)
+            self._audit.record(
+                tx,
+                now,
+                action="note.delete",
+                outcome="granted",
+                caller=caller,
+                patient_id=note.patient_id,
+                note_id=note.id,
+                reason="entered-in-error",
+            )
+            found = tx.note(note.tenant_id, note.id)
+            assert found is not None
+            return found
+
+    # -- reads (every one through the key-release gate) ---------------------------------
+
+    def read(self, caller: Caller, note_id: str) -> tuple[NoteView, BudgetStatus]:
+        _require_clinician(caller)
+        with self._store.transaction() as tx:
+            note = self._note_or_404(tx, caller, note_id, "note.read")
+            release = self._gate.release(
+                tx, caller, note.patient_id, action="note.read", note_id=note.id
+            )
+            row = tx.note_version(note.id, note.current_version)
+        if row is None:
+            raise IntegrityFailure()
+        return NoteView(note, self._decrypt(release.key, note, row)), release.budget
+
+    def versions(
+        self, caller: Caller, note_id: str
+    ) -> tuple[NoteRow, list[DecryptedVersion], BudgetStatus]:
+        _require_clinician(caller)
+        with self._store.transaction() as tx:
+            note = self._note_or_404(tx, caller, note_id, "note.versions")
+            release = self._gate.release(
+                tx, caller, note.patient_id, action="note.versions", note_id=note.id
+            )
+            rows = tx.note_versions(note.id)
+        return (
+            note,
+            [DecryptedVersion(r, self._decrypt(release.key, note, r)) for r in rows],
+            release.budget,
+        )
+
+    def list_for_patient(
+        self,
+        caller: Caller,
+        patient_id: str,
+        *,
+        include_content: bool,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> NotePage:
+        _require_clinician(caller)
+        with self._store.transaction() as tx:
+            if include_content:
+                release = self._gate.release(tx, caller, patient_id, action="note.list-content")
+                budget: BudgetStatus | None = release.budget
+            else:
+                # Metadata only: access-checked and audited, no key release.
+                self._gate.check_metadata_access(tx, caller, patient_id)
+                release, budget = None, None
+            notes = tx.notes_for_patient(patient_id, limit=limit + 1, after=after)
+            page, more = notes[:limit], len(notes) > limit
+            rows = tx.current_versions([n.id for n in page]) if include_content else {}
+        views = []
+        for n in page:
+            content = None
+            if release is not None:
+                row = rows.get(n.id)
+                if row is None:
+                    raise IntegrityFailure()
+                content = self._decrypt(release.key, n, row)
+            views.append(NoteView(n, content))
+        next_after = (page[-1].created_at, page[-1].id) if more and page else None
+        return NotePage(views, next_after, budget)

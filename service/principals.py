@@ -1,0 +1,200 @@
+"""Tenants, principals and tokens (CLI and admin API)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from service.audit import AuditLog, Caller
+from service.auth import hash_token, new_token
+from service.clock import Clock
+from service.errors import Conflict, Forbidden, NotFound
+from service.models import Principal, Role, Tenant
+from service.store import Store, Tx
+from service.vault import VaultKeyService
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    principal_id: str
+    token: str
+    expires_at: str
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(principal_id={self.principal_id!r}, token=<hidden>)"
+
+
+class PrincipalsService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        keys: VaultKeyService,
+        audit: AuditLog,
+        clock: Clock,
+        token_ttl_days: int,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._audit = audit
+        self._clock = clock
+        self._token_ttl = timedelta(days=token_ttl_days)
+
+    def create_tenant(self, name: str) -> Tenant:
+        tenant_id = str(uuid.uuid4())
+        with self._store.transaction() as tx:
+            existing = tx.tenant_by_name(name)
+            if existing is not None:
+                raise Conflict(f"Tenant {name!r} already exists", extra={"id": existing.id})
+        # Keys first: a tenant row never exists without its Transit keys.
+        self._keys.ensure_tenant_keys(tenant_id)
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            if not tx.insert_tenant(tenant_id, name, now):
+                raise Conflict(f"Tenant {name!r} already exists")
+            self._audit.record(
+                tx,
+                now,
+                action="tenant.create",
+                outcome="granted",
+                tenant_id=tenant_id,
+                reason="cli",
+            )
+        return Tenant(tenant_id, name)
+
+    def tenant(self, name: str) -> Tenant:
+        with self._store.transaction() as tx:
+            tenant = tx.tenant_by_name(name)
+        if tenant is None:
+            raise NotFound(f"No tenant named {name!r}")
+        return tenant
+
+    def create_principal(
+        self, tenant_name: str, name: str, role: Role, *, ttl_days: int | None = None
+    ) -> IssuedToken:
+        principal_id = str(uuid.uuid4())
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            tenant = tx.tenant_by_name(tenant_name)
+            if tenant is None:
+                raise NotFound(f"No tenant named {tenant_name!r}")
+            if not tx.insert_principal(principal_id, tenant.id, name, role, now):
+                raise Conflict(f"A principal named {name!r} already exists in {tenant_name!r}")
+            issued = self._issue(tx, principal_id, ttl_days)
+            self._audit.record(
+                tx,
+                now,
+                action="principal.create",
+                outcome="granted",
+                tenant_id=tenant.id,
+                principal_id=principal_id,
+                reason=f"role={role.value}",
+            )
+        return issued
+
+    def _issue(self, tx: Tx, principal_id: str, ttl_days: int | None) -> IssuedToken:
+        now = self._clock.now()
+        token = new_token()
+        expires = now + (timedelta(days=ttl_days) if ttl_days else self._token_ttl)
+        tx.insert_token(hash_token(token), principal_id, now, expires)
+        return IssuedToken(principal_id, token, expires.isoformat())
+
+    def issue_token(self, principal_id: str, *, ttl_days: int | None = None) -> IssuedToken:
+        with self._store.transaction() as tx:
+            principal = tx.principal(principal_id)
+            if principal is None:
+                raise NotFound("No such principal")
+            issued = self._issue(tx, principal_id, ttl_days)
+            self._audit.record(
+                tx,
+                self._clock.now(),
+                action="token.issue",
+                outcome="granted",
+                tenant_id=principal.tenant_id,
+                principal_id=principal_id,
+            )
+        return issued
+
+    def revoke_tokens(self, principal_id: str) -> int:
+        with self._store.transaction() as tx:
+            principal = tx.principal(principal_id)
+            if principal is None:
+                raise NotFound("No such principal")
+            now = self._clock.now()
+            n = tx.revoke_tokens(principal_id, now)
+            self._audit.record(
+                tx,
+                now,
+                action="token.revoke",
+                outcome="granted",
+                tenant_id=principal.tenant_id,
+                principal_id=principal_id,
+                reason=f"count={n}",
+            )
+        return n
+
+    def unlock(self, principal_id: str, caller: Caller | None = None) -> Principal:
+        with self._store.transaction() as tx:
+            target = tx.principal(principal_id)
+            if caller is not None:
+                if caller.principal.role is not Role.ADMIN:
+                    raise Forbidden("Only admins unlock accounts")
+                if target is None or target.tenant_id != caller.principal.tenant_id:
+                    raise NotFound()
+            if target is None:
+                raise NotFound("No such principal")
+            now = self._clock.now()
+            changed = tx.unlock_principal(principal_id, now)
+            self._audit.record(
+                tx,
+                now,
+                action="principal.unlock",
+                outcome="granted" if changed else "noop",
+                caller=caller,
+                tenant_id=target.tenant_id,
+                principal_id=None if caller else principal_id,
+                reason=f"target={principal_id}" + ("" if caller else " via=cli"),
+            )
+            after = tx.principal(principal_id)
+        assert after is not None
+        return after
+
+    def suspend(self, principal_id: str, reason: str) -> None:
+        with self._store.transaction() as tx:
+            target = tx.principal(principal_id)
+            if target is None:
+                raise NotFound("No such principal")
+            now = self._clock.now()
+            tx.suspend_principal(principal_id, reason, now)
+            self._audit.record(
+                tx,
+                now,
+                action="principal.suspend",
+                outcome="granted",
+                tenant_id=target.tenant_id,
+                principal_id=principal_id,
+                reason=f"cli: {reason}",
+            )
+
+    def set_budget(
+        self, caller: Caller, principal_id: str, per_hour: int | None, per_day: int | None
+    ) -> Principal:
+        if caller.principal.role is not Role.ADMIN:
+            raise Forbidden("Only admins set budgets")
+        with self._store.transaction() as tx:
+            target = tx.principal_in_tenant(caller.principal.tenant_id, principal_id)
+            if target is None:
+                raise NotFound()
+            tx.set_principal_budget(principal_id, per_hour, per_day)
+            self._audit.record(
+                tx,
+                self._clock.now(),
+                action="principal.budget",
+                outcome="granted",
+                caller=caller,
+                reason=f"target={principal_id} per_hour={per_hour} per_day={per_day}",
+            )
+            after = tx.principal(principal_id)
+        assert after is not None
+        return after

@@ -1,0 +1,666 @@
+"""PostgreSQL store: the only module that speaks SQL.
+
+A `Store` owns a psycopg connection pool, opened lazily in the process that
+uses it (so gunicorn workers each open their own after fork). Use cases run
+inside `store.transaction()`, which yields a `Tx` with one method per query.
+Database failures are translated into `DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from service.errors import AuditUnavailable, DatabaseUnavailable, ServiceError
+from service.models import (
+    AuditEvent,
+    BudgetUsage,
+    NoteRow,
+    NoteVersionRow,
+    Patient,
+    PatientKeyRow,
+    Principal,
+    Role,
+    Tenant,
+)
+
+log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+def _principal(row: dict[str, Any]) -> Principal:
+    return Principal(
+        id=str(row["id"]),
+        tenant_id=str(row["tenant_id"]),
+        name=row["name"],
+        role=Role(row["role"]),
+        suspended_at=row["suspended_at"],
+        release_per_hour=row["release_per_hour"],
+        release_per_day=row["release_per_day"],
+    )
+
+
+def _patient(row: dict[str, Any]) -> Patient:
+    return Patient(
+        id=str(row["id"]),
+        tenant_id=str(row["tenant_id"]),
+        is_decoy=row["is_decoy"],
+        shredded_at=row["shredded_at"],
+        created_at=row["created_at"],
+    )
+
+
+def _note(row: dict[str, Any]) -> NoteRow:
+    return NoteRow(
+        id=str(row["id"]),
+        tenant_id=str(row["tenant_id"]),
+        patient_id=str(row["patient_id"]),
+        kind=row["kind"],
+        status=row["status"],
+        current_version=row["current_version"],
+        encounter_at=row["encounter_at"],
+        created_by=str(row["created_by"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _version(row: dict[str, Any]) -> NoteVersionRow:
+    return NoteVersionRow(
+        note_id=str(row["note_id"]),
+        version=row["version"],
+        sealed=bytes(row["sealed"]),
+        author_id=str(row["author_id"]),
+        created_at=row["created_at"],
+    )
+
+
+PRINCIPAL_COLUMNS = (
+    "p.id, p.tenant_id, p.name, p.role, p.suspended_at, p.release_per_hour, p.release_per_day"
+)
+NOTE_COLUMNS = (
+    "id, tenant_id, patient_id, kind, status, current_version, encounter_at, "
+    "created_by, created_at, updated_at"
+)
+
+
+class Tx:
+    """One database transaction. Every method is one statement."""
+
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        self.conn = conn
+
+    def _one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    # -- tenants -------------------------------------------------------------------
+
+    def insert_tenant(self, tenant_id: str, name: str, now: datetime) -> bool:
+        row = self._one(
+            "INSERT INTO tenants (id, name, created_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (name) DO NOTHING RETURNING id",
+            (tenant_id, name, now),
+        )
+        return row is not None
+
+    def tenant_by_name(self, name: str) -> Tenant | None:
+        row = self._one("SELECT id, name FROM tenants WHERE name = %s", (name,))
+        return Tenant(str(row["id"]), row["name"]) if row else None
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        row = self._one("SELECT id, name FROM tenants WHERE id = %s", (tenant_id,))
+        return Tenant(str(row["id"]), row["name"]) if row else None
+
+    def all_tenants(self) -> list[Tenant]:
+        return [
+            Tenant(str(r["id"]), r["name"])
+            for r in self._all("SELECT id, name FROM tenants ORDER BY name")
+        ]
+
+    # -- principals and tokens -------------------------------------------------------
+
+    def insert_principal(
+        self, principal_id: str, tenant_id: str, name: str, role: Role, now: datetime
+    ) -> bool:
+        row = self._one(
+            "INSERT INTO principals (id, tenant_id, name, role, created_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, name) DO NOTHING RETURNING id",
+            (principal_id, tenant_id, name, role.value, now),
+        )
+        return row is not None
+
+    def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None:
+        lock = " FOR NO KEY UPDATE" if for_update else ""
+        row = self._one(
+            f"SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.id = %s{lock}",
+            (principal_id,),
+        )
+        return _principal(row) if row else None
+
+    def principal_in_tenant(self, tenant_id: str, principal_id: str) -> Principal | None:
+        row = self._one(
+            f"SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.id = %s AND p.tenant_id = %s",
+            (principal_id, tenant_id),
+        )
+        return _principal(row) if row else None
+
+    def principal_by_token(self, token_hash: bytes, now: datetime) -> Principal | None:
+        row = self._one(
+            f"SELECT {PRINCIPAL_COLUMNS} FROM tokens t JOIN principals p ON p.id = t.principal_id "
+            "WHERE t.token_hash = %s AND t.revoked_at IS NULL AND t.expires_at > %s",
+            (token_hash, now),
+        )
+        return _principal(row) if row else None
+
+    def insert_token(
+        self, token_hash: bytes, principal_id: str, now: datetime, expires_at: datetime
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO tokens (token_hash, principal_id, created_at, expires_at) "
+            "VALUES (%s, %s, %s, %s)",
+            (token_hash, principal_id, now, expires_at),
+        )
+
+    def revoke_tokens(self, principal_id: str, now: datetime) -> int:
+        cur = self.conn.execute(
+            "UPDATE tokens SET revoked_at = %s WHERE principal_id = %s AND revoked_at IS NULL",
+            (now, principal_id),
+        )
+        return cur.rowcount
+
+    def revoke_token(self, token_hash: bytes, now: datetime) -> bool:
+        cur = self.conn.execute(
+            "UPDATE tokens SET revoked_at = %s WHERE token_hash = %s AND revoked_at IS NULL",
+            (now, token_hash),
+        )
+        return cur.rowcount == 1
+
+    def suspend_principal(self, principal_id: str, reason: str, now: datetime) -> bool:
+        cur = self.conn.execute(
+            "UPDATE principals SET suspended_at = %s, suspended_reason = %s "
+            "WHERE id = %s AND suspended_at IS NULL",
+            (now, reason, principal_id),
+        )
+        return cur.rowcount == 1
+
+    def unlock_principal(self, principal_id: str, now: datetime) -> bool:
+        cur = self.conn.execute(
+            "UPDATE principals SET suspended_at = NULL, suspended_reason = NULL "
+            "WHERE id = %s AND suspended_at IS NOT NULL",
+            (principal_id,),
+        )
+        # Denials before the unlock no longer count towards a new suspension.
+        self.conn.execute(
+            "DELETE FROM release_denials WHERE principal_id = %s AND denied_at <= %s",
+            (principal_id, now),
+        )
+        return cur.rowcount == 1
+
+    def set_principal_budget(
+        self, principal_id: str, per_hour: int | None, per_day: int | None
+    ) -> bool:
+        cur = self.conn.execute(
+            "UPDATE principals SET release_per_hour = %s, release_per_day = %s WHERE id = %s",
+            (per_hour, per_day, principal_id),
+        )
+        return cur.rowcount == 1
+
+    # -- patients ------------------------------------------------------------------
+
+    def insert_patient(
+        self, patient_id: str, tenant_id: str, external_id_index: str, now: datetime
+    ) -> str | None:
+        """Insert; on a duplicate external id return None."""
+        row = self._one(
+            "INSERT INTO patients (id, tenant_id, external_id_index, created_at) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant_id, external_id_index) DO NOTHING "
+            "RETURNING id",
+            (patient_id, tenant_id, external_id_index, now),
+        )
+        return str(row["id"]) if row else None
+
+    def patient_by_index(self, tenant_id: str, external_id_index: str) -> Patient | None:
+        row = self._one(
+            "SELECT * FROM patients WHERE tenant_id = %s AND external_id_index = %s",
+            (tenant_id, external_id_index),
+        )
+        return _patient(row) if row else None
+
+    def patient(self, tenant_id: str, patient_id: str) -> Patient | None:
+        row = self._one(
+            "SELECT * FROM patients WHERE tenant_id = %s AND id = %s", (tenant_id, patient_id)
+        )
+        return _patient(row) if row else None
+
+    def set_decoy(self, tenant_id: str, patient_id: str, decoy: bool) -> bool:
+        cur = self.conn.execute(
+            "UPDATE patients SET is_decoy = %s WHERE tenant_id = %s AND id = %s",
+            (decoy, tenant_id, patient_id),
+        )
+        return cur.rowcount == 1
+
+    # -- access --------------------------------------------------------------------
+
+    def access_to_patient(
+        self, principal_id: str, patient_id: str, now: datetime
+    ) -> tuple[bool, bool]:
+        """(on the care team now, under an active break-glass now)."""
+        row = self._one(
+            "SELECT "
+            " EXISTS (SELECT 1 FROM care_team WHERE patient_id = %(pt)s AND principal_id = %(p)s"
+            "         AND (until IS NULL OR until > %(now)s)) AS care,"
+            " EXISTS (SELECT 1 FROM break_glass WHERE patient_id = %(pt)s AND principal_id = %(p)s"
+            "         AND opened_at <= %(now)s AND expires_at > %(now)s) AS glass",
+            {"pt": patient_id, "p": principal_id, "now": now},
+        )
+        assert row is not None
+        return bool(row["care"]), bool(row["glass"])
+
+    def upsert_care_team(
+        self, patient_id: str, principal_id: str, until: datetime | None, now: datetime
+    ) -> bool:
+        """Returns True when the membership is new."""
+        row = self._one(
+            "INSERT INTO care_team (patient_id, principal_id, until, added_at) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (patient_id, principal_id) "
+            "DO UPDATE SET until = EXCLUDED.until RETURNING (xmax = 0) AS inserted",
+            (patient_id, principal_id, until, now),
+        )
+        return bool(row and row["inserted"])
+
+    def delete_care_team(self, patient_id: str, principal_id: str) -> bool:
+        cur = self.conn.execute(
+            "DELETE FROM care_team WHERE patient_id = %s AND principal_id = %s",
+            (patient_id, principal_id),
+        )
+        return cur.rowcount == 1
+
+    def insert_break_glass(
+        self,
+        bg_id: str,
+        tenant_id: str,
+        principal_id: str,
+        patient_id: str,
+        reason: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO break_glass (id, tenant_id, principal_id, patient_id, reason, opened_at,"
+            " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (bg_id, tenant_id, principal_id, patient_id, reason, now, expires_at),
+        )
+
+    def break_glass_opened_since(self, principal_id: str, since: datetime) -> list[datetime]:
+        rows = self._all(
+            "SELECT opened_at FROM break_glass WHERE principal_id = %s AND opened_at > %s "
+            "ORDER BY opened_at",
+            (principal_id, since),
+        )
+        return [r["opened_at"] for r in rows]
+
+    # -- key-release budget -----------------------------------------------------------
+
+    def lock_tenant_budget(self, tenant_id: str) -> None:
+        # Serialises new releases within a tenant so the tenant cap is exact.
+        self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('sealednotes-tenant-budget:' || %s, 0))",
+            (tenant_id,),
+        )
+
+    def budget_usage(
+        self, principal_id: str, tenant_id: str, patient_id: str | None, now: datetime
+    ) -> BudgetUsage:
+        row = self._one(
+            """
+            WITH mine AS (
+                SELECT patient_id, released_at FROM key_releases
+                WHERE principal_id = %(p)s AND released_at > %(day_ago)s
+                  AND released_at <= %(now)s
+            ), tenant AS (
+                SELECT released_at FROM key_releases
+                WHERE tenant_id = %(t)s AND released_at > %(hour_ago)s
+                  AND released_at <= %(now)s
+            )
+            SELECT
+              (SELECT count(DISTINCT patient_id) FROM mine
+                 WHERE released_at > %(hour_ago)s) AS hour,
+              (SELECT count(DISTINCT patient_id) FROM mine) AS day,
+              (SELECT count(*) FROM tenant) AS tenant_hour,
+              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s
+                        AND released_at > %(hour_ago)s) AS patient_in_hour,
+              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s) AS patient_in_day,
+              (SELECT min(released_at) FROM mine WHERE released_at > %(hour_ago)s) AS hour_oldest,
+              (SELECT min(released_at) FROM mine) AS day_oldest,
+              (SELECT min(released_at) FROM tenant) AS tenant_oldest
+            """,
+            {
+                "p": principal_id,
+                "t": tenant_id,
+                "pt": patient_id,
+                "now": now,
+                "hour_ago": now - HOUR,
+                "day_ago": now - DAY,
+            },
+        )
+        assert row is not None
+        return BudgetUsage(
+            hour=row["hour"],
+            day=row["day"],
+            tenant_hour=row["tenant_hour"],
+            patient_in_hour=row["patient_in_hour"],
+            patient_in_day=row["patient_in_day"],
+            hour_oldest=row["hour_oldest"],
+            day_oldest=row["day_oldest"],
+            tenant_oldest=row["tenant_oldest"],
+        )
+
+    def record_release(
+        self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO key_releases (principal_id, tenant_id, patient_id, released_at) "
+            "VALUES (%s, %s, %s, %s)",
+            (principal_id, tenant_id, patient_id, now),
+        )
+
+    def record_denial(self, principal_id: str, scope: str, now: datetime) -> int:
+        """Record a denial; return the denials within the last hour, this one included."""
+        self.conn.execute(
+            "INSERT INTO release_denials (principal_id, denied_at, scope) VALUES (%s, %s, %s)",
+            (principal_id, now, scope),
+        )
+        row = self._one(
+            "SELECT count(*) AS n FROM release_denials WHERE principal_id = %s "
+            "AND denied_at > %s AND denied_at <= %s",
+            (principal_id, now - HOUR, now),
+        )
+        assert row is not None
+        return int(row["n"])
+
+    # -- keys ------------------------------------------------------------------------
+
+    def patient_key(self, patient_id: str) -> PatientKeyRow | None:
+        row = self._one(
+            "SELECT patient_id, wrapped_key, key_version FROM patient_keys WHERE patient_id = %s",
+            (patient_id,),
+        )
+        if row is None:
+            return None
+        return PatientKeyRow(str(row["patient_id"]), row["wrapped_key"], row["key_version"])
+
+    def insert_patient_key(
+        self, patient_id: str, tenant_id: str, wrapped_key: str, key_version: int, now: datetime
+    ) -> bool:
+        """Insert the first key of a patient; False if one already exists (a race)."""
+        row = self._one(
+            "INSERT INTO patient_keys (patient_id, tenant_id, wrapped_key, key_version,"
+            " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (patient_id) DO NOTHING RETURNING patient_id",
+            (patient_id, tenant_id, wrapped_key, key_version, now, now),
+        )
+        return row is not None
+
+    # -- notes -----------------------------------------------------------------------
+
+    def insert_note(
+        self,
+        note_id: str,
+        tenant_id: str,
+        patient_id: str,
+        kind: str,
+        encounter_at: datetime | None,
+        author_id: str,
+        now: datetime,
+    ) -> NoteRow:
+        row = self._one(
+            "INSERT INTO notes (id, tenant_id, patient_id, kind, current_version, encounter_at,"
+            f" created_by, created_at, updated_at) VALUES (%s, %s, %s, %s, 1, %s, %s, %s, %s) "
+            f"RETURNING {NOTE_COLUMNS}",
+            (note_id, tenant_id, patient_id, kind, encounter_at, author_id, now, now),
+        )
+        assert row is not None
+        return _note(row)
+
+    def insert_note_version(
+        self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO note_versions (note_id, version, sealed, author_id, created_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (note_id, version, sealed, author_id, now),
+        )
+
+    def note(self, tenant_id: str, note_id: str) -> NoteRow | None:
+        row = self._one(
+            f"SELECT {NOTE_COLUMNS} FROM notes WHERE tenant_id = %s AND id = %s",
+            (tenant_id, note_id),
+        )
+        return _note(row) if row else None
+
+    def notes_for_patient(
+        self,
+        patient_id: str,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[NoteRow]:
+        if after is None:
+            rows = self._all(
+                f"SELECT {NOTE_COLUMNS} FROM notes WHERE patient_id = %s "
+                "ORDER BY created_at, id LIMIT %s",
+                (patient_id, limit),
+            )
+        else:
+            rows = self._all(
+                f"SELECT {NOTE_COLUMNS} FROM notes WHERE patient_id = %s "
+                "AND (created_at, id) > (%s, %s) ORDER BY created_at, id LIMIT %s",
+                (patient_id, after[0], after[1], limit),
+            )
+        return [_note(r) for r in rows]
+
+    def bump_note_version(
+        self,
+        note_id: str,
+        expected_version: int,
+        kind: str,
+        encounter_at: datetime | None,
+        now: datetime,
+    ) -> NoteRow | None:
+        """Conditional update: None when the note moved past expected_version."""
+        row = self._one(
+            "UPDATE notes SET current_version = current_version + 1, kind = %s,"
+            " encounter_at = %s, updated_at = %s "
+            f"WHERE id = %s AND current_version = %s RETURNING {NOTE_COLUMNS}",
+            (kind, encounter_at, now, note_id, expected_version),
+        )
+        return _note(row) if row else None
+
+    def mark_entered_in_error(self, note_id: str, now: datetime) -> bool:
+        cur = self.conn.execute(
+            "UPDATE notes SET status = 'entered-in-error', updated_at = %s "
+            "WHERE id = %s AND status = 'current'",
+            (now, note_id),
+        )
+        return cur.rowcount == 1
+
+    def note_version(self, note_id: str, version: int) -> NoteVersionRow | None:
+        row = self._one(
+            "SELECT note_id, version, sealed, author_id, created_at FROM note_versions "
+            "WHERE note_id = %s AND version = %s",
+            (note_id, version),
+        )
+        return _version(row) if row else None
+
+    def current_versions(self, note_ids: list[str]) -> dict[str, NoteVersionRow]:
+        rows = self._all(
+            "SELECT v.note_id, v.version, v.sealed, v.author_id, v.created_at "
+            "FROM notes n JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version "
+            "WHERE n.id = ANY(%s)",
+            (note_ids,),
+        )
+        return {str(r["note_id"]): _version(r) for r in rows}
+
+    def note_versions(self, note_id: str) -> list[NoteVersionRow]:
+        rows = self._all(
+            "SELECT note_id, version, sealed, author_id, created_at FROM note_versions "
+            "WHERE note_id = %s ORDER BY version",
+            (note_id,),
+        )
+        return [_version(r) for r in rows]
+
+    # -- audit -----------------------------------------------------------------------
+
+    def insert_audit_event(self, event: AuditEvent, now: datetime) -> None:
+        try:
+            self.conn.execute(
+                "INSERT INTO audit_events (at, tenant_id, principal_id, role, patient_id,"
+                " note_id, action, outcome, reason, request_id, client_addr) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    now,
+                    event.tenant_id,
+                    event.principal_id,
+                    event.role,
+                    event.patient_id,
+                    event.note_id,
+                    event.action,
+                    event.outcome,
+                    event.reason,
+                    event.request_id,
+                    event.client_addr,
+                ),
+            )
+        except psycopg.Error as e:
+            log.error("audit write failed: %s", type(e).__name__)
+            raise AuditUnavailable() from e
+
+    def audit_events(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM audit_events ORDER BY id LIMIT %s", (limit,))
+
+    # -- health ------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT 1")
+
+
+class Store:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 2.0,
+    ) -> None:
+        self._conninfo = conninfo
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "Store(<conninfo hidden>)"
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        statement_ms = int(self._timeout * 1000)
+        return {
+            "row_factory": dict_row,
+            "connect_timeout": max(1, int(self._timeout)),
+            "options": f"-c statement_timeout={statement_ms} "
+            f"-c lock_timeout={statement_ms} "
+            f"-c idle_in_transaction_session_timeout={statement_ms * 5}",
+            "application_name": "sealednotes",
+        }
+
+    def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = psycopg_pool.ConnectionPool(
+                    self._conninfo,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._timeout,
+                    kwargs=self._connect_kwargs(),
+                    check=psycopg_pool.ConnectionPool.check_connection,
+                    open=False,
+                    name="sealednotes",
+                )
+                self._pool.open(wait=False)
+                self._pid = os.getpid()
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        try:
+            with self.pool().connection() as conn:
+                yield Tx(conn)
+        except ServiceError:
+            raise
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            log.warning("database unavailable: %s", type(e).__name__)
+            raise DatabaseUnavailable() from e
+        except psycopg.errors.QueryCanceled as e:
+            log.warning("database statement timed out")
+            raise DatabaseUnavailable() from e
+
+    # -- schema --------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations in order; return the versions applied."""
+        applied: list[int] = []
+        with psycopg.connect(self._conninfo, autocommit=False) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('sealednotes-migrate', 0))")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migrations():
+                if version in done:
+                    continue
+                conn.execute(sql)  # type: ignore[arg-type]
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (version, name),
+                )
+                applied.append(version)
+            conn.commit()
+        return applied
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    out = []
+    for entry in resources.files("service.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            out.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(out)

@@ -1,0 +1,248 @@
+"""Vault / OpenBao Transit adapter: the only module that imports hvac.
+
+Per tenant it uses two Transit keys:
+
+* ``sealednotes-dek-<tenant>``: aes256-gcm96, ``derived=true``, not exportable.
+  Wraps patient data keys; the derivation context is tenant + patient, so a
+  wrapped key only unwraps for its own patient.
+* ``sealednotes-index-<tenant>``: used only through Transit HMAC, for the blind
+  index of patient external identifiers. It is never rotated, so lookups stay
+  stable.
+
+Every hvac/requests error is translated into the service's own errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from crypto import DecryptionError, NewDataKey, WrappedKey
+from service.errors import KeyServiceUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AUDIT_SIGNING_KEY = "sealednotes-audit"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def dek_key_name(tenant_id: str) -> str:
+    return f"sealednotes-dek-{tenant_id}"
+
+
+def index_key_name(tenant_id: str) -> str:
+    return f"sealednotes-index-{tenant_id}"
+
+
+def parse_key_version(ciphertext: str) -> int:
+    # Transit ciphertexts look like "vault:v3:base64..."
+    parts = ciphertext.split(":", 2)
+    if len(parts) != 3 or parts[0] != "vault" or not parts[1].startswith("v"):
+        raise DecryptionError()
+    try:
+        return int(parts[1][1:])
+    except ValueError as e:
+        raise DecryptionError() from e
+
+
+class VaultKeyService:
+    """Implements crypto.KeyWrapper (and the blind index) on Vault Transit."""
+
+    def __init__(
+        self,
+        *,
+        addr: str,
+        token: str | None = None,
+        role_id: str | None = None,
+        secret_id: str | None = None,
+        mount: str = "transit",
+        timeout: float = 2.0,
+    ) -> None:
+        self._addr = addr
+        self._token = token
+        self._role_id = role_id
+        self._secret_id = secret_id
+        self.mount = mount
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._client: hvac.Client | None = None
+        self._client_pid: int | None = None
+
+    def __repr__(self) -> str:
+        return f"VaultKeyService(addr={self._addr!r}, mount={self.mount!r})"
+
+    # -- connection -------------------------------------------------------------
+
+    def _new_client(self) -> hvac.Client:
+        client = hvac.Client(url=self._addr, token=self._token, timeout=self._timeout)
+        if self._role_id and self._secret_id:
+            client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)
+        return client
+
+    def client(self) -> hvac.Client:
+        # One client (one HTTP session) per process: never share sockets across fork.
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                self._client = self._new_client()
+                self._client_pid = os.getpid()
+            return self._client
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except DecryptionError:
+            raise
+        except hvac.exceptions.InvalidRequest as e:
+            # Transit answers 400 when a ciphertext fails authentication
+            # (wrong derivation context, tampered or foreign ciphertext).
+            raise DecryptionError() from e
+        except hvac.exceptions.VaultError as e:
+            log.warning("vault error: %s", type(e).__name__)
+            raise KeyServiceUnavailable() from e
+        except requests.exceptions.RequestException as e:
+            log.warning("vault unreachable: %s", type(e).__name__)
+            raise KeyServiceUnavailable() from e
+
+    def _call(self, fn: Callable[[hvac.Client], T]) -> T:
+        with self._translated():
+            try:
+                return fn(self.client())
+            except hvac.exceptions.Forbidden:
+                if not (self._role_id and self._secret_id):
+                    raise
+                # An expired AppRole token: log in again once.
+                with self._lock:
+                    self._client = None
+                return fn(self.client())
+
+    # -- setup (ops / CLI) -------------------------------------------------------
+
+    def ensure_transit_mount(self) -> None:
+        def run(c: hvac.Client) -> None:
+            mounts = c.sys.list_mounted_secrets_engines()
+            data = mounts.get("data", mounts)
+            if f"{self.mount}/" not in data:
+                c.sys.enable_secrets_engine("transit", path=self.mount)
+
+        self._call(run)
+
+    def ensure_tenant_keys(self, tenant_id: str) -> None:
+        def run(c: hvac.Client) -> None:
+            t = c.secrets.transit
+            t.create_key(
+                name=dek_key_name(tenant_id),
+                key_type="aes256-gcm96",
+                derived=True,
+                exportable=False,
+                allow_plaintext_backup=False,
+                mount_point=self.mount,
+            )
+            t.create_key(
+                name=index_key_name(tenant_id),
+                # Transit HMACs with a per-version HMAC key of any key type;
+                # an aes key works on every Vault/OpenBao version.
+                key_type="aes256-gcm96",
+                exportable=False,
+                allow_plaintext_backup=False,
+                mount_point=self.mount,
+            )
+
+        self._call(run)
+
+    def ensure_audit_signing_key(self) -> None:
+        self._call(
+            lambda c: c.secrets.transit.create_key(
+                name=AUDIT_SIGNING_KEY,
+                key_type="ed25519",
+                exportable=False,
+                allow_plaintext_backup=False,
+                mount_point=self.mount,
+            )
+        )
+
+    def read_key(self, name: str) -> dict[str, Any]:
+        def run(c: hvac.Client) -> dict[str, Any]:
+            resp: dict[str, Any] = c.secrets.transit.read_key(name=name, mount_point=self.mount)
+            return dict(resp["data"])
+
+        return self._call(run)
+
+    # -- data keys (crypto.KeyWrapper) -------------------------------------------
+
+    def new_data_key(self, *, tenant_id: str, context: bytes) -> NewDataKey:
+        def run(c: hvac.Client) -> NewDataKey:
+            resp = c.secrets.transit.generate_data_key(
+                name=dek_key_name(tenant_id),
+                key_type="plaintext",
+                context=_b64(context),
+                bits=256,
+                mount_point=self.mount,
+            )
+            data = resp["data"]
+            ciphertext = data["ciphertext"]
+            return NewDataKey(
+                plaintext=base64.b64decode(data["plaintext"]),
+                wrapped=WrappedKey(ciphertext, parse_key_version(ciphertext)),
+            )
+
+        return self._call(run)
+
+    def unwrap(self, wrapped: WrappedKey, *, tenant_id: str, context: bytes) -> bytes:
+        def run(c: hvac.Client) -> bytes:
+            resp = c.secrets.transit.decrypt_data(
+                name=dek_key_name(tenant_id),
+                ciphertext=wrapped.ciphertext,
+                context=_b64(context),
+                mount_point=self.mount,
+            )
+            return base64.b64decode(resp["data"]["plaintext"])
+
+        return self._call(run)
+
+    # -- blind index -------------------------------------------------------------
+
+    def blind_index(self, *, tenant_id: str, value: str) -> str:
+        def run(c: hvac.Client) -> str:
+            resp = c.secrets.transit.generate_hmac(
+                name=index_key_name(tenant_id),
+                hash_input=_b64(value.encode("utf-8")),
+                algorithm="sha2-256",
+                key_version=1,
+                mount_point=self.mount,
+            )
+            return str(resp["data"]["hmac"])
+
+        return self._call(run)
+
+    # -- health ------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Readiness: reachable, initialized, unsealed. Never raises."""
+        try:
+            with self._translated():
+                status = self.client().sys.read_health_status(method="GET")
+                if isinstance(status, requests.Response):
+                    body = status.json()
+                else:
+                    body = dict(status)
+                return {
+                    "ok": bool(body.get("initialized")) and not body.get("sealed", True),
+                    "sealed": bool(body.get("sealed", True)),
+                }
+        except Exception as e:
+            log.warning("vault health check failed: %s", type(e).__name__)
+            return {"ok": False, "sealed": None}
