@@ -1,0 +1,137 @@
+"""Fixtures for a running stack: real PostgreSQL and real OpenBao processes.
+
+PostgreSQL: SEALEDNOTES_TEST_DATABASE_URL (an admin URL, e.g.
+postgresql://postgres@127.0.0.1:5432/postgres) when set, else an embedded
+server started here. Each test session gets its own fresh database; each test
+starts from empty tables. OpenBao: a `bao server -dev` started here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.app import create_app
+from service.clock import Clock
+from service.config import Budgets, Settings
+from service.devstack import BaoServer, EmbeddedPostgres, database_url, ensure_database
+from service.store import Store
+from service.vault import VaultKeyService
+from tests.helpers import Api, StackHelper
+
+APP_TABLES = (
+    "audit_events, release_denials, key_releases, break_glass, care_team, note_versions, "
+    "notes, patient_keys, patients, tokens, principals, tenants"
+)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="sealednotes-test-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(workdir: Path) -> Iterator[str]:
+    url = os.environ.get("SEALEDNOTES_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    pg = EmbeddedPostgres(workdir / "pgdata").start()
+    try:
+        yield pg.admin_url
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def db_url(pg_admin_url: str) -> Iterator[str]:
+    name = f"sealednotes_test_{secrets.token_hex(4)}"
+    ensure_database(pg_admin_url, name, drop=True)
+    url = database_url(pg_admin_url, name)
+    Store(url).migrate()
+    yield url
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def bao(workdir: Path) -> Iterator[BaoServer]:
+    server = BaoServer(workdir / "bao", dev=True).start()
+    keys = VaultKeyService(addr=server.addr, token=server.root_token)
+    keys.ensure_transit_mount()
+    keys.ensure_audit_signing_key()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(db_url: str, bao: BaoServer) -> Settings:
+    return Settings(
+        database_url=db_url,
+        vault_addr=bao.addr,
+        vault_token=bao.root_token,
+        pool_min=1,
+        pool_max=8,
+    )
+
+
+@pytest.fixture
+def clean_db(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {APP_TABLES} RESTART IDENTITY CASCADE")
+
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(base_settings: Settings, clean_db: None) -> Iterator[AppFactory]:
+    apps: list[Flask] = []
+
+    def factory(
+        *, clock: Clock | None = None, budgets: Budgets | None = None, **overrides: Any
+    ) -> Flask:
+        fields = dict(overrides)
+        if budgets is not None:
+            fields["budgets"] = budgets
+        settings = Settings(**{**base_settings.__dict__, **fields})
+        app = create_app(settings, clock=clock)
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["sealednotes"].store.close()
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def api(client: FlaskClient) -> Api:
+    return Api(client)
+
+
+@pytest.fixture
+def stack(app: Flask, api: Api) -> StackHelper:
+    return StackHelper(app, api)
