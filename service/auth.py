@@ -6,7 +6,7 @@ import hashlib
 import secrets
 
 from service.clock import Clock
-from service.errors import AccountSuspended, Unauthorized
+from service.errors import Unauthorized
 from service.models import Principal
 from service.store import Store
 
@@ -38,6 +38,4 @@ def authenticate(store: Store, clock: Clock, header: str | None) -> Principal:
         principal = tx.principal_by_token(hash_token(token), clock.now())
     if principal is None:
         raise Unauthorized("The token is invalid, expired or revoked")
-    if principal.suspended:
-        raise AccountSuspended()
     return principal

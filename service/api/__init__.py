@@ -13,7 +13,7 @@ from flask import current_app, g, request
 from service.app import Services
 from service.audit import Caller
 from service.auth import authenticate
-from service.errors import BadRequest, ServiceError, ValidationFailed
+from service.errors import AccountSuspended, BadRequest, ServiceError, ValidationFailed
 
 
 class UnsupportedMediaType(ServiceError):
@@ -32,7 +32,16 @@ def caller() -> Caller:
         svc = services()
         principal = authenticate(svc.store, svc.clock, request.headers.get("Authorization"))
         # X-Forwarded-For is deliberately ignored: clients could spoof it.
-        g.caller = Caller(principal, g.get("request_id"), request.remote_addr)
+        c = Caller(principal, g.get("request_id"), request.remote_addr)
+        if principal.suspended:
+            # Refused attempts by a suspended account are evidence: audit them.
+            with svc.store.transaction() as tx:
+                svc.audit.record(
+                    tx, svc.clock.now(), action="request", outcome="denied", caller=c,
+                    reason=f"account-suspended {request.method} {request.path}",
+                )
+            raise AccountSuspended()
+        g.caller = c
     c: Caller = g.caller
     return c
 
