@@ -116,3 +116,33 @@ class StackHelper:
         )
         assert r.status_code == 201, r.get_json()
         return dict(r.get_json())
+
+
+def seed_patients(
+    stack: StackHelper, tenant: Tenant, clinicians: list[Who], n: int, *, with_notes: bool = True
+) -> list[str]:
+    """n patients on the care team of every clinician given, each with one note.
+
+    Goes through the services (not HTTP) to keep setup fast; the keys still come
+    from the real Vault.
+    """
+    from service.audit import Caller
+    from service.auth import authenticate
+    from service.notes import NoteContent
+
+    svc = stack.services
+    integration = Caller(authenticate(svc.store, svc.clock, "Bearer " + tenant.integration.token))
+    author = Caller(authenticate(svc.store, svc.clock, "Bearer " + clinicians[0].token))
+    ids = []
+    for i in range(n):
+        p = svc.patients.create(integration, f"SEED-{secrets.token_hex(6)}-{i}")
+        for c in clinicians:
+            svc.patients.set_care_team(integration, p.id, c.id, None)
+        if with_notes:
+            svc.notes.create(
+                author, p.id, kind="progress",
+                content=NoteContent(title=f"title {i}", body=f"body of patient {i}"),
+                encounter_at=None,
+            )
+        ids.append(p.id)
+    return ids
