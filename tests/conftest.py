@@ -10,23 +10,36 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from service.app import create_app
 from service.clock import Clock
 from service.config import Budgets, Settings
-from service.devstack import BaoServer, EmbeddedPostgres, database_url, ensure_database
+from service.devstack import (
+    BaoServer,
+    EmbeddedPostgres,
+    database_url,
+    ensure_database,
+    free_port,
+)
 from service.store import Store
 from service.vault import VaultKeyService
 from tests.helpers import Api, StackHelper
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 APP_TABLES = (
     "audit_events, release_denials, key_releases, break_glass, care_team, note_versions, "
@@ -135,3 +148,66 @@ def api(client: FlaskClient) -> Api:
 @pytest.fixture
 def stack(app: Flask, api: Api) -> StackHelper:
     return StackHelper(app, api)
+
+
+class LiveServer:
+    """`sealednotes serve` (gunicorn) as a subprocess against the test database and Vault."""
+
+    def __init__(self, settings: Settings, workdir: Path, workers: int, env: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"gunicorn-{self.port}.log"
+        full_env = {
+            **os.environ,
+            "SEALEDNOTES_DATABASE_URL": settings.database_url,
+            "VAULT_ADDR": settings.vault_addr,
+            "VAULT_TOKEN": settings.vault_token or "",
+            "SEALEDNOTES_BIND": f"127.0.0.1:{self.port}",
+            **env,
+        }
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "sealednotes"), "serve", "--workers", str(workers)],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("gunicorn did not start:\n" + self.log_path.read_text())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self._log.close()
+
+
+@pytest.fixture
+def live_server(
+    base_settings: Settings, workdir: Path, clean_db: None
+) -> Iterator[Callable[..., LiveServer]]:
+    servers: list[LiveServer] = []
+
+    def start(workers: int = 4, **env: str) -> LiveServer:
+        server = LiveServer(base_settings, workdir, workers, env)
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
