@@ -6,6 +6,7 @@ to start without them.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError as e:
         raise ConfigError(f"{name} must be a number") from e
-    if value <= 0:
-        raise ConfigError(f"{name} must be > 0")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0")
     return value
 
 
@@ -53,7 +54,7 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
+    database_url: str = field(repr=False)
     vault_addr: str
     vault_token: str | None = field(default=None, repr=False)
     vault_role_id: str | None = None

@@ -9,6 +9,7 @@ round trip, never the budget check or the audit record.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -29,8 +30,8 @@ class KeyCache:
         max_entries: int = 4096,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl_seconds > 60:
-            raise ValueError("key cache TTL must not exceed 60 seconds")
+        if not (math.isfinite(ttl_seconds) and 0 <= ttl_seconds <= 60):
+            raise ValueError("key cache TTL must be between 0 and 60 seconds")
         self._ttl = ttl_seconds
         self._max = max_entries
         self._now = monotonic

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUDIT_SIGNING_KEY = "sealednotes-audit"
+_CIPHERTEXT_RE = re.compile(r"vault:v([1-9][0-9]{0,8}):(.+)", re.ASCII | re.DOTALL)
 
 
 def _b64(data: bytes) -> str:
@@ -49,13 +51,10 @@ def index_key_name(tenant_id: str) -> str:
 
 def parse_key_version(ciphertext: str) -> int:
     # Transit ciphertexts look like "vault:v3:base64..."
-    parts = ciphertext.split(":", 2)
-    if len(parts) != 3 or parts[0] != "vault" or not parts[1].startswith("v"):
+    m = _CIPHERTEXT_RE.fullmatch(ciphertext)
+    if m is None:
         raise DecryptionError()
-    try:
-        return int(parts[1][1:])
-    except ValueError as e:
-        raise DecryptionError() from e
+    return int(m.group(1))
 
 
 class VaultKeyService:
@@ -227,6 +226,34 @@ class VaultKeyService:
             return str(resp["data"]["hmac"])
 
         return self._call(run)
+
+    # -- audit checkpoints ----------------------------------------------------------
+
+    def sign(self, message: bytes) -> str:
+        """Sign with the audit ed25519 key; returns the Transit signature string."""
+
+        def run(c: hvac.Client) -> str:
+            resp = c.secrets.transit.sign_data(
+                name=AUDIT_SIGNING_KEY, hash_input=_b64(message), mount_point=self.mount
+            )
+            return str(resp["data"]["signature"])
+
+        return self._call(run)
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        def run(c: hvac.Client) -> bool:
+            resp = c.secrets.transit.verify_signed_data(
+                name=AUDIT_SIGNING_KEY,
+                hash_input=_b64(message),
+                signature=signature,
+                mount_point=self.mount,
+            )
+            return bool(resp["data"]["valid"])
+
+        try:
+            return self._call(run)
+        except DecryptionError:  # malformed signature string: not valid
+            return False
 
     # -- health ------------------------------------------------------------------
 

@@ -231,7 +231,6 @@ def test_nan_durations_are_rejected(name: str) -> None:
             "SEALEDNOTES_VAULT_TIMEOUT": "3",
             "SEALEDNOTES_DB_TIMEOUT": "10",
         },
-        {"SEALEDNOTES_VAULT_TIMEOUT": "inf"},
     ],
 )
 def test_request_timeout_must_exceed_vault_and_db_timeouts(overrides: dict[str, str]) -> None:

@@ -217,9 +217,7 @@ def test_different_wrapped_key_is_a_miss() -> None:
     assert cache.get(cache_key("t", "p", 1, "vault:v1:b3RoZXI=")) is None
 
 
-@pytest.mark.parametrize(
-    ("tenant", "patient"), [("t2", "p"), ("t", "p2"), ("tp", ""), ("", "tp")]
-)
+@pytest.mark.parametrize(("tenant", "patient"), [("t2", "p"), ("t", "p2"), ("tp", ""), ("", "tp")])
 def test_different_tenant_or_patient_is_a_miss(tenant: str, patient: str) -> None:
     cache = _cache(FakeClock())
     cache.put(cache_key("t", "p", 1, WRAPPED), DEK_A)
