@@ -17,7 +17,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service.alerts import Alerter
-from service.audit import AuditLog
+from service.audit import AuditCheckpointer, AuditLog, AuditService
 from service.clock import Clock, SystemClock
 from service.config import Settings
 from service.errors import ServiceError
@@ -49,6 +49,8 @@ class Services:
     metrics: Metrics
     alerts: Alerter
     audit: AuditLog
+    audit_service: AuditService
+    checkpointer: AuditCheckpointer
     gate: KeyReleaseGate
     notes: NotesService
     patients: PatientsService
@@ -91,6 +93,7 @@ def build_services(
         budgets=settings.budgets,
         clock=clock,
     )
+    audit_service = AuditService(store=store, signer=keys, audit=audit, clock=clock)
     return Services(
         settings=settings,
         clock=clock,
@@ -100,6 +103,8 @@ def build_services(
         metrics=metrics,
         alerts=alerts,
         audit=audit,
+        audit_service=audit_service,
+        checkpointer=AuditCheckpointer(audit_service, store, settings.audit_checkpoint_seconds),
         gate=gate,
         notes=NotesService(store=store, gate=gate, audit=audit, clock=clock),
         patients=PatientsService(
@@ -136,14 +141,15 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sealednotes"] = services
 
-    from service.api import admin, health, me, notes, patients
+    from service.api import admin, audit, health, me, notes, patients
 
-    for bp in (health.bp, me.bp, patients.bp, notes.bp, admin.bp):
+    for bp in (health.bp, me.bp, patients.bp, notes.bp, admin.bp, audit.bp):
         app.register_blueprint(bp)
 
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
+        services.checkpointer.ensure_started()
         rid = request.headers.get("X-Request-Id", "")
         g.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid.uuid4())
 

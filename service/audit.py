@@ -7,11 +7,22 @@ it records, so an access that cannot be audited does not happen.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
-from service.models import AuditEvent, Principal
-from service.store import Tx
+from service import auditchain
+from service.clock import Clock
+from service.errors import Forbidden
+from service.models import AuditEvent, Principal, Role
+from service.store import Store, Tx
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +65,202 @@ class AuditLog:
             ),
             now,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    checked: int
+    checkpoints: int
+    last_checkpoint: dict[str, Any] | None
+    first_bad: dict[str, Any] | None
+    problems: list[dict[str, Any]]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "checkpoints": self.checkpoints,
+            "last_checkpoint": self.last_checkpoint,
+            "first_bad": self.first_bad,
+            "problems": self.problems,
+            "records_per_second": round(self.checked / self.seconds) if self.seconds else None,
+        }
+
+
+AUDITOR_ROLES = (Role.AUDITOR,)
+
+
+class AuditService:
+    """Checkpoints, verification, and the auditor's queries."""
+
+    def __init__(
+        self, *, store: Store, signer: CheckpointSigner, audit: AuditLog, clock: Clock
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._audit = audit
+        self._clock = clock
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Sign the current head of every chain."""
+        with self._store.transaction() as tx:
+            heads = tx.audit_heads()
+            last = tx.last_checkpoint()
+        now = self._clock.now()
+        payload = auditchain.checkpoint_payload(now, heads, last["payload"] if last else None)
+        signature = self._signer.sign(payload.encode())
+        total = sum(seq for seq, _ in heads.values())
+        with self._store.transaction() as tx:
+            cid = tx.insert_checkpoint(now, total, payload, signature)
+        log.info("audit checkpoint %s signed: %s records", cid, total)
+        return {"id": cid, "created_at": now.isoformat(), "total": total}
+
+    def verify(self) -> VerifyReport:
+        started = time.perf_counter()
+        with self._store.transaction() as tx:
+            checkpoints = tx.checkpoints()
+            parsed: list[tuple[int, dict[int, tuple[int, bytes]], bool]] = []
+            for cp in checkpoints:
+                try:
+                    heads = auditchain.parse_payload(cp["payload"])
+                    ok = self._signer.verify(cp["payload"].encode(), cp["signature"])
+                except (ValueError, KeyError, TypeError):
+                    heads, ok = {}, False
+                parsed.append((int(cp["id"]), heads, ok))
+            verifier = auditchain.ChainVerifier(
+                (shard, seq) for _, heads, _ in parsed for shard, (seq, _h) in heads.items()
+            )
+            for row in tx.iter_audit_chain():
+                verifier.feed(row)
+        for cid, heads, ok in parsed:
+            verifier.check_checkpoint(cid, heads, ok)
+        first = verifier.first_bad()
+        last = checkpoints[-1] if checkpoints else None
+        return VerifyReport(
+            ok=not verifier.problems,
+            checked=verifier.checked,
+            checkpoints=len(checkpoints),
+            last_checkpoint=(
+                {
+                    "id": last["id"],
+                    "created_at": last["created_at"].isoformat(),
+                    "total": last["total"],
+                }
+                if last
+                else None
+            ),
+            first_bad=first.as_dict() if first else None,
+            problems=[p.as_dict() for p in verifier.problems[:100]],
+            seconds=time.perf_counter() - started,
+        )
+
+    def events(
+        self,
+        caller: Caller,
+        *,
+        limit: int,
+        after_id: int | None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        if caller.principal.role not in AUDITOR_ROLES:
+            raise Forbidden("Only auditors read the access log")
+        with self._store.transaction() as tx:
+            rows = tx.audit_query(
+                tenant_id=caller.principal.tenant_id, limit=limit, after_id=after_id, **filters
+            )
+            # Reading the access log is itself an access worth recording.
+            self._audit.record(
+                tx,
+                self._clock.now(),
+                action="audit.query",
+                outcome="granted",
+                caller=caller,
+                patient_id=filters.get("patient_id"),
+                reason=_describe_filters(filters),
+            )
+        return rows
+
+    def verify_as(self, caller: Caller) -> VerifyReport:
+        if caller.principal.role not in AUDITOR_ROLES:
+            raise Forbidden("Only auditors verify the access log")
+        report = self.verify()
+        with self._store.transaction() as tx:
+            self._audit.record(
+                tx,
+                self._clock.now(),
+                action="audit.verify",
+                outcome="granted",
+                caller=caller,
+                reason=f"ok={report.ok} checked={report.checked}",
+            )
+        return report
+
+    def export(
+        self, *, since: datetime | None = None, tenant_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        with self._store.transaction() as tx:
+            yield from tx.iter_audit_export(since=since, tenant_id=tenant_id)
+
+
+def _describe_filters(filters: dict[str, Any]) -> str:
+    parts = []
+    for k, v in sorted(filters.items()):
+        if v is not None:
+            parts.append(f"{k}={v.isoformat() if isinstance(v, datetime) else v}")
+    return " ".join(parts) or "all"
+
+
+class CheckpointSigner(Protocol):
+    def sign(self, message: bytes) -> str: ...
+
+    def verify(self, message: bytes, signature: str) -> bool: ...
+
+
+class AuditCheckpointer:
+    """Signs a checkpoint every `interval` seconds when the log has grown.
+
+    One daemon thread per worker process; a PostgreSQL advisory lock makes
+    workers and replicas take turns instead of signing the same heads.
+    """
+
+    def __init__(self, service: AuditService, store: Store, interval: float) -> None:
+        self._service = service
+        self._store = store
+        self._interval = interval
+        self._started_pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def ensure_started(self) -> None:
+        if self._interval <= 0 or self._started_pid == os.getpid():
+            return
+        with self._lock:
+            if self._started_pid == os.getpid():
+                return
+            self._started_pid = os.getpid()
+            self._stop.clear()
+            threading.Thread(target=self._run, name="audit-checkpointer", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.tick()
+            except Exception as e:  # keep the thread alive; the next tick retries
+                log.warning("audit checkpoint failed: %s", type(e).__name__)
+
+    def tick(self) -> bool:
+        with self._store.transaction() as tx:
+            if not tx.try_lock_checkpointer():
+                return False
+            heads = tx.audit_heads()
+            last = tx.last_checkpoint()
+            total = sum(seq for seq, _ in heads.values())
+            if last is not None and int(last["total"]) == total:
+                return False
+            self._service.checkpoint()
+            return True

@@ -51,14 +51,29 @@ def main() -> None:
 
 
 @main.command()
+@click.option(
+    "--app-role",
+    envvar="SEALEDNOTES_APP_ROLE",
+    default=None,
+    help="Database role the service runs as: granted read/write on operational tables "
+    "but only INSERT/SELECT on the audit log (env SEALEDNOTES_APP_ROLE).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def migrate(as_json: bool) -> None:
-    """Create or upgrade the database schema (idempotent)."""
+def migrate(app_role: str | None, as_json: bool) -> None:
+    """Create or upgrade the database schema (idempotent). Run as the schema owner."""
     from service.store import Store
 
+    url = os.environ.get("SEALEDNOTES_DATABASE_URL")
+    if not url:
+        raise click.ClickException("SEALEDNOTES_DATABASE_URL is required")
     with _errors():
-        applied = Store(_settings().database_url).migrate()
-    _emit(as_json, {"applied": applied}, f"applied migrations: {applied or 'none (up to date)'}")
+        applied = Store(url).migrate(app_role=app_role)
+    _emit(
+        as_json,
+        {"applied": applied, "app_role": app_role},
+        f"applied migrations: {applied or 'none (up to date)'}"
+        + (f"; grants for role {app_role} set" if app_role else ""),
+    )
 
 
 @main.command("vault-setup")
@@ -175,6 +190,88 @@ def principals_suspend(principal_id: str, reason: str, as_json: bool) -> None:
     _emit(as_json, {"id": principal_id, "suspended": True}, f"principal {principal_id} suspended")
 
 
+# -- audit ----------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Verify, checkpoint and export the tamper-evident access log."""
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+def audit_verify(as_json: bool) -> None:
+    """Recompute every hash chain and check every signed checkpoint."""
+    with _errors():
+        report = _services().audit_service.verify().as_dict()
+    if as_json:
+        click.echo(json.dumps(report, default=str))
+    else:
+        click.echo(
+            f"{'OK' if report['ok'] else 'TAMPERED'}: {report['checked']} records, "
+            f"{report['checkpoints']} checkpoints ({report['records_per_second']} records/s)"
+        )
+        for p in report["problems"]:
+            click.echo(
+                f"  {p['kind']}: record {p['record_id']} (shard {p['shard']}, "
+                f"seq {p['seq']}): {p['detail']}"
+            )
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@audit.command("checkpoint")
+@click.option("--json", "as_json", is_flag=True)
+def audit_checkpoint(as_json: bool) -> None:
+    """Sign the current heads of the log with the Vault Transit audit key."""
+    with _errors():
+        cp = _services().audit_service.checkpoint()
+    _emit(as_json, cp, f"checkpoint {cp['id']}: {cp['total']} records signed")
+
+
+@audit.command("export")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "fhir"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+    default=None,
+    help="Only records at or after this time (UTC if no offset).",
+)
+@click.option("--tenant", "tenant_name", default=None, help="Only this tenant's records.")
+@click.option("--output", "-o", type=click.File("w"), default="-", show_default=True)
+def audit_export(fmt: str, since: Any, tenant_name: str | None, output: Any) -> None:
+    """Write the access log as JSON lines or FHIR R4 AuditEvent resources (one per line)."""
+    from datetime import UTC
+
+    from service.fhir import audit_event
+
+    svc = _services()
+    tenant_id = None
+    with _errors():
+        if tenant_name:
+            tenant_id = svc.principals.tenant(tenant_name).id
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        n = 0
+        for row in svc.audit_service.export(since=since, tenant_id=tenant_id):
+            if fmt == "fhir":
+                obj = audit_event(row)
+            else:
+                obj = {
+                    k: (
+                        v.isoformat()
+                        if hasattr(v, "isoformat")
+                        else (str(v) if v is not None and k.endswith("_id") else v)
+                    )
+                    for k, v in row.items()
+                }
+            output.write(json.dumps(obj, default=str) + "\n")
+            n += 1
+    click.echo(f"exported {n} records", err=True)
+
+
 # -- serving ----------------------------------------------------------------------------
 
 
@@ -215,7 +312,13 @@ def serve(workers: int | None) -> None:
 )
 def dev(host: str, port: int, state_dir: Path) -> None:
     """Whole stack on this machine: embedded PostgreSQL, OpenBao and the API."""
-    from service.devstack import BaoServer, EmbeddedPostgres, database_url, ensure_database
+    from service.devstack import (
+        BaoServer,
+        EmbeddedPostgres,
+        database_url,
+        ensure_database,
+        url_with_user,
+    )
 
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -225,8 +328,13 @@ def dev(host: str, port: int, state_dir: Path) -> None:
     try:
         bao.start()
         ensure_database(pg.admin_url, "sealednotes")
+        owner_url = database_url(pg.admin_url, "sealednotes")
+        from service.store import Store
+
+        # Schema as the owner; the service itself runs as the least-privileged role.
+        Store(owner_url).migrate(app_role="sealednotes_app")
         env = {
-            "SEALEDNOTES_DATABASE_URL": database_url(pg.admin_url, "sealednotes"),
+            "SEALEDNOTES_DATABASE_URL": url_with_user(owner_url, "sealednotes_app"),
             "VAULT_ADDR": bao.addr,
             "VAULT_TOKEN": bao.root_token,
             "SEALEDNOTES_BIND": f"{host}:{port}",
@@ -234,9 +342,7 @@ def dev(host: str, port: int, state_dir: Path) -> None:
         os.environ.update(env)
         settings = _settings()
         from service.app import build_services, create_app
-        from service.store import Store
 
-        Store(settings.database_url).migrate()
         svc = build_services(settings)
         svc.keys.ensure_transit_mount()
         svc.keys.ensure_audit_signing_key()

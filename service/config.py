@@ -72,6 +72,7 @@ class Settings:
     key_cache_size: int = 4096
     token_ttl_days: int = 90
     alert_webhook_url: str | None = None
+    audit_checkpoint_seconds: float = 300.0
     max_body_chars: int = 1024 * 1024
 
     @classmethod
@@ -127,4 +128,7 @@ class Settings:
             key_cache_size=_int(env, "SEALEDNOTES_KEY_CACHE_SIZE", 4096, minimum=0),
             token_ttl_days=_int(env, "SEALEDNOTES_TOKEN_TTL_DAYS", 90, minimum=1),
             alert_webhook_url=env.get("SEALEDNOTES_ALERT_WEBHOOK_URL") or None,
+            audit_checkpoint_seconds=float(
+                _int(env, "SEALEDNOTES_AUDIT_CHECKPOINT_SECONDS", 300, minimum=0)
+            ),
         )

@@ -234,6 +234,8 @@ class KeyReleaseGate:
     def _charge_budget(
         self, tx: Tx, caller: Caller, patient_id: str, now: datetime
     ) -> tuple[BudgetUsage, BudgetExceeded | None]:
+        # Releases are counted in windows that end "now" with no upper bound, so a
+        # release committed by a request that started after this one still counts.
         p = caller.principal
         usage = tx.budget_usage(p.id, p.tenant_id, patient_id, now)
         if usage.patient_in_hour:

@@ -20,8 +20,10 @@ from typing import Any
 import psycopg
 import psycopg.errors
 import psycopg_pool
+from psycopg import sql
 from psycopg.rows import dict_row
 
+from service import auditchain
 from service.errors import AuditUnavailable, DatabaseUnavailable, ServiceError
 from service.models import (
     AuditEvent,
@@ -37,6 +39,7 @@ from service.models import (
 
 log = logging.getLogger(__name__)
 
+AUDIT_LOCK_CLASS = 0x5EA1  # advisory-lock namespace of the audit shards
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -335,11 +338,9 @@ class Tx:
             WITH mine AS (
                 SELECT patient_id, released_at FROM key_releases
                 WHERE principal_id = %(p)s AND released_at > %(day_ago)s
-                  AND released_at <= %(now)s
             ), tenant AS (
                 SELECT released_at FROM key_releases
                 WHERE tenant_id = %(t)s AND released_at > %(hour_ago)s
-                  AND released_at <= %(now)s
             )
             SELECT
               (SELECT count(DISTINCT patient_id) FROM mine
@@ -357,7 +358,6 @@ class Tx:
                 "p": principal_id,
                 "t": tenant_id,
                 "pt": patient_id,
-                "now": now,
                 "hour_ago": now - HOUR,
                 "day_ago": now - DAY,
             },
@@ -391,8 +391,8 @@ class Tx:
         )
         row = self._one(
             "SELECT count(*) AS n FROM release_denials WHERE principal_id = %s "
-            "AND denied_at > %s AND denied_at <= %s",
-            (principal_id, now - HOUR, now),
+            "AND denied_at > %s",
+            (principal_id, now - HOUR),
         )
         assert row is not None
         return int(row["n"])
@@ -513,8 +513,8 @@ class Tx:
 
     def current_versions(self, note_ids: list[str]) -> dict[str, NoteVersionRow]:
         rows = self._all(
-            "SELECT v.note_id, v.version, v.sealed, v.author_id, v.created_at "
-            "FROM notes n JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version "
+            "SELECT v.note_id, v.version, v.sealed, v.author_id, v.created_at FROM notes n "
+            "JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version "
             "WHERE n.id = ANY(%s)",
             (note_ids,),
         )
@@ -531,31 +531,143 @@ class Tx:
     # -- audit -----------------------------------------------------------------------
 
     def insert_audit_event(self, event: AuditEvent, now: datetime) -> None:
+        """Append to this connection's audit chain. Fails closed: AuditUnavailable."""
+        shard = self.conn.info.backend_pid % auditchain.SHARDS
+        fields = {
+            "tenant_id": event.tenant_id,
+            "principal_id": event.principal_id,
+            "role": event.role,
+            "patient_id": event.patient_id,
+            "note_id": event.note_id,
+            "action": event.action,
+            "outcome": event.outcome,
+            "reason": event.reason,
+            "request_id": event.request_id,
+            "client_addr": event.client_addr,
+        }
         try:
+            # The shard lock is held until commit, so committed records of a
+            # shard always form a gapless prefix. Separate statements: the head
+            # must be read with a snapshot taken after the lock is granted.
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (AUDIT_LOCK_CLASS, shard))
+            head = self._one(
+                "SELECT seq, hash FROM audit_events WHERE shard = %s ORDER BY seq DESC LIMIT 1",
+                (shard,),
+            )
+            seq = head["seq"] + 1 if head else 1
+            prev = bytes(head["hash"]) if head else auditchain.GENESIS
+            digest = auditchain.link(prev, shard, seq, now, fields)
             self.conn.execute(
-                "INSERT INTO audit_events (at, tenant_id, principal_id, role, patient_id,"
-                " note_id, action, outcome, reason, request_id, client_addr) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    now,
-                    event.tenant_id,
-                    event.principal_id,
-                    event.role,
-                    event.patient_id,
-                    event.note_id,
-                    event.action,
-                    event.outcome,
-                    event.reason,
-                    event.request_id,
-                    event.client_addr,
-                ),
+                "INSERT INTO audit_events (shard, seq, prev_hash, hash, at, tenant_id,"
+                " principal_id, role, patient_id, note_id, action, outcome, reason, request_id,"
+                " client_addr) VALUES (%(shard)s, %(seq)s, %(prev)s, %(hash)s, %(at)s,"
+                " %(tenant_id)s, %(principal_id)s, %(role)s, %(patient_id)s, %(note_id)s,"
+                " %(action)s, %(outcome)s, %(reason)s, %(request_id)s, %(client_addr)s)",
+                {"shard": shard, "seq": seq, "prev": prev, "hash": digest, "at": now, **fields},
             )
         except psycopg.Error as e:
             log.error("audit write failed: %s", type(e).__name__)
             raise AuditUnavailable() from e
 
-    def audit_events(self, limit: int = 1000) -> list[dict[str, Any]]:
-        return self._all("SELECT * FROM audit_events ORDER BY id LIMIT %s", (limit,))
+    def try_lock_checkpointer(self) -> bool:
+        row = self._one("SELECT pg_try_advisory_xact_lock(%s, -1) AS ok", (AUDIT_LOCK_CLASS,))
+        return bool(row and row["ok"])
+
+    def audit_heads(self) -> dict[int, tuple[int, bytes]]:
+        rows = self._all(
+            "SELECT s.shard, h.seq, h.hash FROM generate_series(0, %s) AS s(shard) "
+            "CROSS JOIN LATERAL (SELECT seq, hash FROM audit_events e WHERE e.shard = s.shard"
+            " ORDER BY seq DESC LIMIT 1) h",
+            (auditchain.SHARDS - 1,),
+        )
+        return {int(r["shard"]): (int(r["seq"]), bytes(r["hash"])) for r in rows}
+
+    def last_checkpoint(self) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT id, created_at, total, payload, signature FROM audit_checkpoints "
+            "ORDER BY id DESC LIMIT 1"
+        )
+
+    def insert_checkpoint(
+        self, created_at: datetime, total: int, payload: str, signature: str
+    ) -> int:
+        row = self._one(
+            "INSERT INTO audit_checkpoints (created_at, total, payload, signature) "
+            "VALUES (%s, %s, %s, %s) RETURNING id",
+            (created_at, total, payload, signature),
+        )
+        assert row is not None
+        return int(row["id"])
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self._all(
+            "SELECT id, created_at, total, payload, signature FROM audit_checkpoints ORDER BY id"
+        )
+
+    def iter_audit_chain(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every record in (shard, seq) order, streamed with a server-side cursor."""
+        with self.conn.cursor(name="audit_chain_scan", row_factory=dict_row) as cur:
+            cur.itersize = batch
+            cur.execute(
+                "SELECT id, shard, seq, prev_hash, hash, at, tenant_id, principal_id, role,"
+                " patient_id, note_id, action, outcome, reason, request_id, client_addr"
+                " FROM audit_events ORDER BY shard, seq"
+            )
+            yield from cur
+
+    def audit_query(
+        self,
+        *,
+        tenant_id: str,
+        patient_id: str | None = None,
+        principal_id: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        where = ["tenant_id = %(tenant)s"]
+        params: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
+        for column, value in (
+            ("patient_id", patient_id),
+            ("principal_id", principal_id),
+            ("action", action),
+            ("outcome", outcome),
+        ):
+            if value is not None:
+                where.append(f"{column} = %({column})s")
+                params[column] = value
+        if since is not None:
+            where.append("at >= %(since)s")
+            params["since"] = since
+        if until is not None:
+            where.append("at < %(until)s")
+            params["until"] = until
+        if after_id is not None:
+            where.append("id > %(after)s")
+            params["after"] = after_id
+        return self._all(
+            "SELECT id, at, tenant_id, principal_id, role, patient_id, note_id, action, outcome,"
+            f" reason, request_id, client_addr FROM audit_events WHERE {' AND '.join(where)}"
+            " ORDER BY id LIMIT %(limit)s",
+            params,
+        )
+
+    def iter_audit_export(
+        self, *, since: datetime | None, tenant_id: str | None, batch: int = 5000
+    ) -> Iterator[dict[str, Any]]:
+        with self.conn.cursor(name="audit_export", row_factory=dict_row) as cur:
+            cur.itersize = batch
+            cur.execute(
+                "SELECT id, at, tenant_id, principal_id, role, patient_id, note_id, action,"
+                " outcome, reason, request_id, client_addr FROM audit_events"
+                " WHERE (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
+                " AND (%(tenant)s::uuid IS NULL OR tenant_id = %(tenant)s) ORDER BY at, id",
+                {"since": since, "tenant": tenant_id},
+            )
+            yield from cur
 
     # -- health ------------------------------------------------------------------------
 
@@ -633,8 +745,14 @@ class Store:
 
     # -- schema --------------------------------------------------------------------
 
-    def migrate(self) -> list[int]:
-        """Apply pending migrations in order; return the versions applied."""
+    def migrate(self, app_role: str | None = None) -> list[int]:
+        """Apply pending migrations in order; return the versions applied.
+
+        With `app_role`, also (re)grant that role exactly what the service needs:
+        read/write on operational tables, but only INSERT and SELECT on the audit
+        log, and no TRUNCATE anywhere. Run this as the schema owner; run the
+        service as the app role.
+        """
         applied: list[int] = []
         with psycopg.connect(self._conninfo, autocommit=False) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('sealednotes-migrate', 0))")
@@ -644,17 +762,64 @@ class Store:
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in _migrations():
+            for version, name, script in _migrations():
                 if version in done:
                     continue
-                conn.execute(sql)  # type: ignore[arg-type]
+                conn.execute(script.encode())
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                     (version, name),
                 )
                 applied.append(version)
+            if app_role:
+                _grant_app_role(conn, app_role)
             conn.commit()
         return applied
+
+
+OPERATIONAL_TABLES = (
+    "tenants",
+    "principals",
+    "tokens",
+    "patients",
+    "patient_keys",
+    "notes",
+    "note_versions",
+    "care_team",
+    "break_glass",
+    "key_releases",
+    "release_denials",
+)
+APPEND_ONLY_TABLES = ("audit_events", "audit_checkpoints")
+
+
+def _grant_app_role(conn: psycopg.Connection[Any], role: str) -> None:
+    ident = sql.Identifier(role)
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if not exists:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    db = conn.execute("SELECT current_database()").fetchone()
+    assert db is not None
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db[0]), ident))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+    all_tables = OPERATIONAL_TABLES + APPEND_ONLY_TABLES + ("schema_migrations",)
+    conn.execute(
+        sql.SQL("REVOKE ALL ON {} FROM {}").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in all_tables), ident
+        )
+    )
+    conn.execute(
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in OPERATIONAL_TABLES), ident
+        )
+    )
+    conn.execute(
+        sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in APPEND_ONLY_TABLES), ident
+        )
+    )
+    conn.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(ident))
+    conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
 
 
 def _migrations() -> list[tuple[int, str, str]]:

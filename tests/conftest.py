@@ -34,16 +34,18 @@ from service.devstack import (
     database_url,
     ensure_database,
     free_port,
+    url_with_user,
 )
 from service.store import Store
 from service.vault import VaultKeyService
 from tests.helpers import Api, StackHelper
 
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="sealednotes-xdg-"))
 
+APP_ROLE = "sealednotes_app_test"
 APP_TABLES = (
-    "audit_events, release_denials, key_releases, break_glass, care_team, note_versions, "
-    "notes, patient_keys, patients, tokens, principals, tenants"
+    "audit_events, audit_checkpoints, release_denials, key_releases, break_glass, care_team, "
+    "note_versions, notes, patient_keys, patients, tokens, principals, tenants"
 )
 
 
@@ -71,10 +73,16 @@ def db_url(pg_admin_url: str) -> Iterator[str]:
     name = f"sealednotes_test_{secrets.token_hex(4)}"
     ensure_database(pg_admin_url, name, drop=True)
     url = database_url(pg_admin_url, name)
-    Store(url).migrate()
+    Store(url).migrate(app_role=APP_ROLE)
     yield url
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def app_db_url(db_url: str) -> str:
+    """The service connects as the least-privileged application role."""
+    return url_with_user(db_url, APP_ROLE)
 
 
 @pytest.fixture(scope="session")
@@ -90,19 +98,22 @@ def bao(workdir: Path) -> Iterator[BaoServer]:
 
 
 @pytest.fixture(scope="session")
-def base_settings(db_url: str, bao: BaoServer) -> Settings:
+def base_settings(app_db_url: str, bao: BaoServer) -> Settings:
     return Settings(
-        database_url=db_url,
+        database_url=app_db_url,
         vault_addr=bao.addr,
         vault_token=bao.root_token,
         pool_min=1,
         pool_max=8,
+        audit_checkpoint_seconds=0,
     )
 
 
 @pytest.fixture
 def clean_db(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
+        # The audit tables refuse TRUNCATE by trigger; a superuser may bypass it.
+        conn.execute("SET session_replication_role = replica")
         conn.execute(f"TRUNCATE {APP_TABLES} RESTART IDENTITY CASCADE")
 
 
@@ -165,7 +176,7 @@ class LiveServer:
             "SEALEDNOTES_BIND": f"127.0.0.1:{self.port}",
             **env,
         }
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "sealednotes"), "serve", "--workers", str(workers)],
             env=full_env,

@@ -140,7 +140,9 @@ def seed_patients(
             svc.patients.set_care_team(integration, p.id, c.id, None)
         if with_notes:
             svc.notes.create(
-                author, p.id, kind="progress",
+                author,
+                p.id,
+                kind="progress",
                 content=NoteContent(title=f"title {i}", body=f"body of patient {i}"),
                 encounter_at=None,
             )

@@ -32,16 +32,20 @@ def caller() -> Caller:
         svc = services()
         principal = authenticate(svc.store, svc.clock, request.headers.get("Authorization"))
         # X-Forwarded-For is deliberately ignored: clients could spoof it.
-        c = Caller(principal, g.get("request_id"), request.remote_addr)
+        new = Caller(principal, g.get("request_id"), request.remote_addr)
         if principal.suspended:
             # Refused attempts by a suspended account are evidence: audit them.
             with svc.store.transaction() as tx:
                 svc.audit.record(
-                    tx, svc.clock.now(), action="request", outcome="denied", caller=c,
+                    tx,
+                    svc.clock.now(),
+                    action="request",
+                    outcome="denied",
+                    caller=new,
                     reason=f"account-suspended {request.method} {request.path}",
                 )
             raise AccountSuspended()
-        g.caller = c
+        g.caller = new
     c: Caller = g.caller
     return c
 

@@ -122,8 +122,14 @@ CREATE TABLE release_denials (
 CREATE INDEX release_denials_principal ON release_denials (principal_id, denied_at);
 
 -- Access records. No note content and no external identifiers, by construction.
+-- Tamper evidence (see service/auditchain.py): each record is in one of 16 hash
+-- chains (shard), numbered without gaps (seq), and hashes its predecessor.
 CREATE TABLE audit_events (
     id            bigserial PRIMARY KEY,
+    shard         smallint NOT NULL CHECK (shard >= 0),
+    seq           bigint NOT NULL CHECK (seq >= 1),
+    prev_hash     bytea NOT NULL CHECK (length(prev_hash) = 32),
+    hash          bytea NOT NULL CHECK (length(hash) = 32),
     at            timestamptz NOT NULL,
     tenant_id     uuid,
     principal_id  uuid,
@@ -134,7 +140,35 @@ CREATE TABLE audit_events (
     outcome       text NOT NULL,
     reason        text,
     request_id    text,
-    client_addr   text
+    client_addr   text,
+    UNIQUE (shard, seq)
 );
 CREATE INDEX audit_events_patient ON audit_events (patient_id, id);
 CREATE INDEX audit_events_principal ON audit_events (principal_id, id);
+CREATE INDEX audit_events_tenant ON audit_events (tenant_id, id);
+CREATE INDEX audit_events_at ON audit_events (at);
+
+-- Signed heads of every chain (Vault Transit ed25519).
+CREATE TABLE audit_checkpoints (
+    id          bigserial PRIMARY KEY,
+    created_at  timestamptz NOT NULL,
+    total       bigint NOT NULL,
+    payload     text NOT NULL,
+    signature   text NOT NULL
+);
+
+-- Append-only for everyone but a superuser who disables triggers; the
+-- application role additionally lacks UPDATE/DELETE/TRUNCATE grants.
+CREATE FUNCTION sealednotes_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only' USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION sealednotes_append_only();
+CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION sealednotes_append_only();
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION sealednotes_append_only();
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION sealednotes_append_only();

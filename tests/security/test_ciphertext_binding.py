@@ -64,15 +64,15 @@ def test_note_ciphertext_moved_to_another_patient(
     assert_integrity_failure(r, "alpha secret one", "beta secret")
 
 
-def test_older_version_replayed_as_current(
-    api: Api, stack: StackHelper, db_url: str
-) -> None:
+def test_older_version_replayed_as_current(api: Api, stack: StackHelper, db_url: str) -> None:
     t = stack.tenant()
     dr = stack.clinician(t)
     pid = stack.patient_for(t, dr)
     note = stack.note(dr, pid, body="version one")
     r = api.put(
-        f"/v1/notes/{note['id']}", dr.token, {"kind": "progress", "body": "version two"},
+        f"/v1/notes/{note['id']}",
+        dr.token,
+        {"kind": "progress", "body": "version two"},
         headers={"If-Match": '"1"'},
     )
     assert r.status_code == 200

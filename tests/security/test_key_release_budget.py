@@ -64,9 +64,7 @@ def test_attack_drill_one_hijacked_account(
     me = api.get("/v1/me", dr.token)
     assert me.status_code == 403 and me.get_json()["type"].endswith("/account-suspended")
     alerts = app.extensions["sealednotes"].alerts.sent
-    assert any(
-        a["alert"] == "principal-suspended" and a["principal_id"] == dr.id for a in alerts
-    )
+    assert any(a["alert"] == "principal-suspended" and a["principal_id"] == dr.id for a in alerts)
     metrics = api.get("/metrics").get_data(as_text=True)
     assert 'sealednotes_suspensions_total{cause="repeated-budget-denials"} 1.0' in metrics
     missing = set(sent) - audited_request_ids(db_url)
@@ -163,8 +161,12 @@ def test_key_cache_hit_still_passes_budget_and_audit(make_app: AppFactory, db_ur
     dr = stack.clinician(t)
     a, b = seed_patients(stack, t, [dr], 2)
     note_a = api.get(f"/v1/patients/{a}/notes", dr.token).get_json()["items"][0]["id"]
-    assert api.get(f"/v1/notes/{note_a}", dr.token, headers={"X-Request-Id": "r1"}).status_code == 200
-    assert api.get(f"/v1/notes/{note_a}", dr.token, headers={"X-Request-Id": "r2"}).status_code == 200
+    assert (
+        api.get(f"/v1/notes/{note_a}", dr.token, headers={"X-Request-Id": "r1"}).status_code == 200
+    )
+    assert (
+        api.get(f"/v1/notes/{note_a}", dr.token, headers={"X-Request-Id": "r2"}).status_code == 200
+    )
     cache = app.extensions["sealednotes"].cache
     assert cache.hits >= 1  # the second read was served from the cache...
     assert {"r1", "r2"} <= audited_request_ids(db_url)  # ...and audited all the same
@@ -268,12 +270,16 @@ def test_break_glass_works_past_the_budget_and_is_limited(
     r = api.post(f"/v1/patients/{others[0]}/break-glass", dr.token, {"reason": reason})
     assert r.status_code == 201 and r.get_json()["remaining_today"] == 2
     r = api.get(
-        f"/v1/patients/{others[0]}/notes?include=content", dr.token,
+        f"/v1/patients/{others[0]}/notes?include=content",
+        dr.token,
         headers={"X-Request-Id": "glass-read"},
     )
     assert r.status_code == 200 and r.get_json()["items"][0]["body"]
     for p in others[1:3]:
-        assert api.post(f"/v1/patients/{p}/break-glass", dr.token, {"reason": reason}).status_code == 201
+        assert (
+            api.post(f"/v1/patients/{p}/break-glass", dr.token, {"reason": reason}).status_code
+            == 201
+        )
     r = api.post(f"/v1/patients/{others[3]}/break-glass", dr.token, {"reason": reason})
     assert r.status_code == 429 and r.headers["Retry-After"]
 

@@ -39,7 +39,9 @@ def test_tokens_expire(make_app: AppFactory) -> None:
     assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_revoked_tokens_are_refused_and_new_tokens_work(api: Api, stack: StackHelper, app: Flask) -> None:
+def test_revoked_tokens_are_refused_and_new_tokens_work(
+    api: Api, stack: StackHelper, app: Flask
+) -> None:
     t = stack.tenant()
     dr = stack.clinician(t)
     principals = app.extensions["sealednotes"].principals

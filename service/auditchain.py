@@ -1,0 +1,219 @@
+"""Tamper evidence for the access log: pure functions, no I/O.
+
+Records are appended to one of `SHARDS` hash chains (the shard is picked per
+database connection, so concurrent writers rarely wait for each other). Within
+a shard, records are numbered 1, 2, 3... with no gaps (the writer holds the
+shard's lock until its transaction commits) and each record's hash covers the
+previous record's hash and every field of the record:
+
+    hash_n = SHA-256(hash_{n-1} || canonical(shard, seq, at, fields...))
+
+Checkpoints sign the head (seq, hash) of every shard with a Vault Transit
+ed25519 key. `ChainVerifier` recomputes every chain and checks it against
+every checkpoint, so any change, deletion, insertion or reordering before the
+last checkpoint, and any truncation of the tail, is reported with the record
+where it shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SHARDS = 16
+GENESIS = b"\x00" * 32
+CHECKPOINT_VERSION = 1
+
+FIELDS = (
+    "tenant_id",
+    "principal_id",
+    "role",
+    "patient_id",
+    "note_id",
+    "action",
+    "outcome",
+    "reason",
+    "request_id",
+    "client_addr",
+)
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical(shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
+    values = [shard, seq, _iso(at)] + [
+        None if fields.get(k) is None else str(fields[k]) for k in FIELDS
+    ]
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def link(prev_hash: bytes, shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
+    return hashlib.sha256(prev_hash + canonical(shard, seq, at, fields)).digest()
+
+
+def checkpoint_payload(
+    created_at: datetime, heads: dict[int, tuple[int, bytes]], previous: str | None
+) -> str:
+    """The exact text a checkpoint signs."""
+    body = {
+        "v": CHECKPOINT_VERSION,
+        "created_at": _iso(created_at),
+        "heads": {str(s): [seq, h.hex()] for s, (seq, h) in sorted(heads.items())},
+        "total": sum(seq for seq, _ in heads.values()),
+        "previous": hashlib.sha256(previous.encode()).hexdigest() if previous else None,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def parse_payload(payload: str) -> dict[int, tuple[int, bytes]]:
+    body = json.loads(payload)
+    if body.get("v") != CHECKPOINT_VERSION:
+        raise ValueError("unknown checkpoint version")
+    return {int(s): (int(v[0]), bytes.fromhex(v[1])) for s, v in body["heads"].items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str  # hash-mismatch | broken-link | missing-records | out-of-order |
+    # truncated | checkpoint-mismatch | bad-checkpoint-signature
+    detail: str
+    record_id: int | None = None
+    shard: int | None = None
+    seq: int | None = None
+    at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "detail": self.detail,
+            "record_id": self.record_id,
+            "shard": self.shard,
+            "seq": self.seq,
+            "at": _iso(self.at) if self.at else None,
+        }
+
+
+@dataclass
+class _ShardState:
+    expected_seq: int = 1
+    prev_hash: bytes = GENESIS
+    last_id: int | None = None
+    # recomputed hashes at the seqs that some checkpoint names
+    at_checkpoints: dict[int, bytes] = field(default_factory=dict)
+
+
+class ChainVerifier:
+    """Feed records in (shard, seq) order, then checkpoints; read `problems`."""
+
+    def __init__(self, checkpoint_seqs: Iterable[tuple[int, int]] = ()) -> None:
+        self._shards: dict[int, _ShardState] = {}
+        self._wanted: set[tuple[int, int]] = set(checkpoint_seqs)
+        self.problems: list[Problem] = []
+        self.checked = 0
+
+    def feed(self, row: dict[str, Any]) -> None:
+        shard, seq, rid = int(row["shard"]), int(row["seq"]), int(row["id"])
+        st = self._shards.setdefault(shard, _ShardState())
+        self.checked += 1
+        prev_hash, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
+        if seq > st.expected_seq:
+            self.problems.append(
+                Problem(
+                    "missing-records",
+                    f"records {st.expected_seq}..{seq - 1} of shard {shard} are missing "
+                    "(deleted) before this record",
+                    rid,
+                    shard,
+                    seq,
+                    row["at"],
+                )
+            )
+        elif seq < st.expected_seq:
+            self.problems.append(
+                Problem(
+                    "out-of-order",
+                    f"sequence number {seq} repeats or goes backwards (inserted or reordered)",
+                    rid,
+                    shard,
+                    seq,
+                    row["at"],
+                )
+            )
+        elif prev_hash != st.prev_hash:
+            self.problems.append(
+                Problem(
+                    "broken-link",
+                    "this record does not follow the previous one: a record was inserted, "
+                    "reordered or rewritten here"
+                    + (f" (previous record id {st.last_id})" if st.last_id else ""),
+                    rid,
+                    shard,
+                    seq,
+                    row["at"],
+                )
+            )
+        if link(prev_hash, shard, seq, row["at"], row) != stored_hash:
+            self.problems.append(
+                Problem(
+                    "hash-mismatch",
+                    "the record's content was changed",
+                    rid,
+                    shard,
+                    seq,
+                    row["at"],
+                )
+            )
+        if (shard, seq) in self._wanted:
+            st.at_checkpoints[seq] = stored_hash
+        st.expected_seq = max(st.expected_seq, seq + 1)
+        st.prev_hash = stored_hash
+        st.last_id = rid
+
+    def check_checkpoint(
+        self, checkpoint_id: int, heads: dict[int, tuple[int, bytes]], signature_ok: bool
+    ) -> None:
+        if not signature_ok:
+            self.problems.append(
+                Problem(
+                    "bad-checkpoint-signature",
+                    f"checkpoint {checkpoint_id} does not carry a valid Vault signature",
+                )
+            )
+            return
+        for shard, (seq, head_hash) in sorted(heads.items()):
+            st = self._shards.get(shard, _ShardState())
+            if st.expected_seq <= seq:
+                self.problems.append(
+                    Problem(
+                        "truncated",
+                        f"checkpoint {checkpoint_id} covers shard {shard} up to record {seq}, "
+                        f"but the log stops at {st.expected_seq - 1} (tail deleted)",
+                        st.last_id,
+                        shard,
+                        st.expected_seq,
+                    )
+                )
+            elif st.at_checkpoints.get(seq) != head_hash:
+                self.problems.append(
+                    Problem(
+                        "checkpoint-mismatch",
+                        f"shard {shard} at record {seq} differs from signed checkpoint "
+                        f"{checkpoint_id}: records up to it were rewritten",
+                        None,
+                        shard,
+                        seq,
+                    )
+                )
+
+    def first_bad(self) -> Problem | None:
+        """The earliest problem in log order (record time, then id)."""
+        timed = [p for p in self.problems if p.at is not None]
+        if timed:
+            return min(timed, key=lambda p: (p.at, p.record_id or 0))
+        return self.problems[0] if self.problems else None
