@@ -118,6 +118,32 @@ class PatientsService:
             assert patient is not None
             return patient
 
+    def get(self, caller: Caller, patient_id: str) -> Patient:
+        p = caller.principal
+        if p.role not in (Role.INTEGRATION, Role.CLINICIAN):
+            raise Forbidden("Only integrations and clinicians read patient records")
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            patient = tx.patient(p.tenant_id, patient_id)
+            visible = patient is not None
+            if patient is not None and p.role is Role.CLINICIAN:
+                care, glass = tx.access_to_patient(p.id, patient.id, now)
+                visible = care or glass
+            self._audit.record(
+                tx,
+                now,
+                action="patient.read",
+                outcome="granted" if visible else "denied",
+                caller=caller,
+                patient_id=patient_id if visible else None,
+                reason=None if visible else "not-found-or-not-on-care-team",
+            )
+            if not visible:
+                tx.commit()
+                raise NotFound()
+            assert patient is not None
+            return patient
+
     def set_care_team(
         self, caller: Caller, patient_id: str, member_id: str, until: datetime | None
     ) -> bool:
@@ -168,6 +194,8 @@ class PatientsService:
         p = caller.principal
         if p.role is not Role.CLINICIAN:
             raise Forbidden("Only clinicians may break the glass")
+        if self._budgets.break_glass_per_day <= 0:
+            raise Forbidden("Break-glass is disabled for this deployment")
         with self._store.transaction() as tx:
             now = self._clock.now()
             current = tx.principal(p.id, for_update=True)

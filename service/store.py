@@ -390,8 +390,7 @@ class Tx:
             (principal_id, now, scope),
         )
         row = self._one(
-            "SELECT count(*) AS n FROM release_denials WHERE principal_id = %s "
-            "AND denied_at > %s",
+            "SELECT count(*) AS n FROM release_denials WHERE principal_id = %s AND denied_at > %s",
             (principal_id, now - HOUR),
         )
         assert row is not None

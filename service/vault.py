@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -79,6 +80,8 @@ class VaultKeyService:
         self._lock = threading.Lock()
         self._client: hvac.Client | None = None
         self._client_pid: int | None = None
+        self._renew_at: float | None = None  # monotonic time to renew the token
+        self._token_ttl: float | None = None
 
     def __repr__(self) -> str:
         return f"VaultKeyService(addr={self._addr!r}, mount={self.mount!r})"
@@ -88,8 +91,33 @@ class VaultKeyService:
     def _new_client(self) -> hvac.Client:
         client = hvac.Client(url=self._addr, token=self._token, timeout=self._timeout)
         if self._role_id and self._secret_id:
-            client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)
+            resp = client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)
+            self._schedule_renewal(resp["auth"].get("lease_duration"))
+        else:
+            self._renew_at = None
         return client
+
+    def _schedule_renewal(self, ttl: Any) -> None:
+        # Renew when two thirds of the lease have passed.
+        if ttl:
+            self._token_ttl = float(ttl)
+            self._renew_at = time.monotonic() + float(ttl) * 2 / 3
+        else:
+            self._renew_at = None
+
+    def _renew(self, client: hvac.Client) -> hvac.Client:
+        try:
+            resp = client.auth.token.renew_self()
+            ttl = resp["auth"].get("lease_duration")
+            if not ttl or (self._token_ttl and float(ttl) < self._token_ttl / 3):
+                raise hvac.exceptions.Forbidden("token near its max TTL")
+            self._schedule_renewal(ttl)
+            log.info("vault token renewed")
+            return client
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as e:
+            # Past its max TTL, or revoked: log in again.
+            log.info("vault token renewal failed (%s); logging in again", type(e).__name__)
+            return self._new_client()
 
     def client(self) -> hvac.Client:
         # One client (one HTTP session) per process: never share sockets across fork.
@@ -97,6 +125,8 @@ class VaultKeyService:
             if self._client is None or self._client_pid != os.getpid():
                 self._client = self._new_client()
                 self._client_pid = os.getpid()
+            elif self._renew_at is not None and time.monotonic() >= self._renew_at:
+                self._client = self._renew(self._client)
             return self._client
 
     @contextmanager
@@ -226,6 +256,97 @@ class VaultKeyService:
             return str(resp["data"]["hmac"])
 
         return self._call(run)
+
+    # -- rotation (ops) -------------------------------------------------------------
+
+    def dek_key_info(self, tenant_id: str) -> dict[str, Any]:
+        data = self.read_key(dek_key_name(tenant_id))
+        return {
+            "latest_version": int(data["latest_version"]),
+            "min_decryption_version": int(data["min_decryption_version"]),
+            "versions": sorted(int(v) for v in data.get("keys", {})),
+        }
+
+    def rotate_dek(self, tenant_id: str) -> int:
+        self._call(
+            lambda c: c.secrets.transit.rotate_key(
+                name=dek_key_name(tenant_id), mount_point=self.mount
+            )
+        )
+        return int(self.dek_key_info(tenant_id)["latest_version"])
+
+    def set_min_decryption_version(self, tenant_id: str, version: int) -> None:
+        self._call(
+            lambda c: c.secrets.transit.update_key_configuration(
+                name=dek_key_name(tenant_id),
+                min_decryption_version=version,
+                mount_point=self.mount,
+            )
+        )
+
+    def rewrap_batch(
+        self, tenant_id: str, items: list[tuple[str, bytes]]
+    ) -> list[WrappedKey | None]:
+        """Rewrap (ciphertext, derivation context) pairs to the newest key version.
+
+        Vault never returns plaintext here. An item that fails (tampered, or wrapped
+        for another context) comes back as None; the others are still rewrapped.
+        """
+        if not items:
+            return []
+
+        def run(c: hvac.Client) -> list[WrappedKey | None]:
+            resp = c.secrets.transit.rewrap_data(
+                name=dek_key_name(tenant_id),
+                ciphertext="",
+                batch_input=[{"ciphertext": ct, "context": _b64(ctx)} for ct, ctx in items],
+                mount_point=self.mount,
+            )
+            out: list[WrappedKey | None] = []
+            for result in resp["data"]["batch_results"]:
+                ct = result.get("ciphertext")
+                if result.get("error") or not ct:
+                    out.append(None)
+                else:
+                    out.append(WrappedKey(ct, parse_key_version(ct)))
+            return out
+
+        return self._call(run)
+
+    # -- policies and AppRole (ops: vault-setup) ---------------------------------------
+
+    def write_policy(self, name: str, hcl: str) -> None:
+        self._call(lambda c: c.sys.create_or_update_policy(name=name, policy=hcl))
+
+    def ensure_approle(
+        self, role_name: str, policies: list[str], *, token_ttl: str, token_max_ttl: str
+    ) -> str:
+        """Enable AppRole if needed and (re)write the role; returns its role_id."""
+
+        def run(c: hvac.Client) -> str:
+            methods = c.sys.list_auth_methods()
+            data = methods.get("data", methods)
+            if "approle/" not in data:
+                c.sys.enable_auth_method("approle")
+            c.auth.approle.create_or_update_approle(
+                role_name=role_name,
+                token_policies=policies,
+                token_ttl=token_ttl,
+                token_max_ttl=token_max_ttl,
+                token_no_default_policy=True,
+                secret_id_ttl="0",
+                token_type="service",
+            )
+            return str(c.auth.approle.read_role_id(role_name=role_name)["data"]["role_id"])
+
+        return self._call(run)
+
+    def new_secret_id(self, role_name: str) -> str:
+        return self._call(
+            lambda c: str(
+                c.auth.approle.generate_secret_id(role_name=role_name)["data"]["secret_id"]
+            )
+        )
 
     # -- audit checkpoints ----------------------------------------------------------
 

@@ -53,9 +53,12 @@ def caller() -> Caller:
 def json_body() -> Any:
     if not request.is_json:
         raise UnsupportedMediaType()
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # absurdly nested JSON
+        raise BadRequest("The body is nested too deeply") from None
     if data is None:
-        raise BadRequest("The body is not valid JSON")
+        raise BadRequest("The body must be a JSON object (valid JSON, not null)")
     return data
 
 

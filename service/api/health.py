@@ -33,7 +33,7 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(services().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services().metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/openapi.yaml")

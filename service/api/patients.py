@@ -7,11 +7,13 @@ from flask import Blueprint, Response, jsonify, request
 from service.api import caller, iso, json_body, services
 from service.errors import ValidationFailed
 from service.models import Patient
+from service.patients import normalize_external_id
 from service.schemas import (
     MAX_EXTERNAL_ID_CHARS,
     BreakGlassCreate,
     CareTeamPut,
     PatientCreate,
+    has_control_characters,
     load,
 )
 
@@ -30,11 +32,22 @@ def create_patient() -> tuple[Response, int, dict[str, str]]:
     return jsonify(patient_json(patient)), 201, {"Location": f"/v1/patients/{patient.id}"}
 
 
+@bp.get("/v1/patients/<uuid:patient_id>")
+def get_patient(patient_id: UUID) -> Response:
+    c = caller()
+    return jsonify(patient_json(services().patients.get(c, str(patient_id))))
+
+
 @bp.get("/v1/patients")
 def find_patient() -> Response:
     c = caller()
     external_id = request.args.get("external_id")
-    if not external_id or len(external_id) > MAX_EXTERNAL_ID_CHARS:
+    if (
+        not external_id
+        or len(external_id) > MAX_EXTERNAL_ID_CHARS
+        or not normalize_external_id(external_id)
+        or has_control_characters(external_id)
+    ):
         raise ValidationFailed(
             {"external_id": [f"Required, 1 to {MAX_EXTERNAL_ID_CHARS} characters."]}
         )
