@@ -22,6 +22,7 @@ from service.clock import Clock, SystemClock
 from service.config import Settings
 from service.errors import ServiceError
 from service.keycache import KeyCache
+from service.keyops import KeyOperations
 from service.keyrelease import KeyReleaseGate
 from service.metrics import Metrics
 from service.notes import NotesService
@@ -52,6 +53,7 @@ class Services:
     audit_service: AuditService
     checkpointer: AuditCheckpointer
     gate: KeyReleaseGate
+    keyops: KeyOperations
     notes: NotesService
     patients: PatientsService
     principals: PrincipalsService
@@ -106,6 +108,7 @@ def build_services(
         audit_service=audit_service,
         checkpointer=AuditCheckpointer(audit_service, store, settings.audit_checkpoint_seconds),
         gate=gate,
+        keyops=KeyOperations(store=store, keys=keys, audit=audit, clock=clock, cache=cache),
         notes=NotesService(store=store, gate=gate, audit=audit, clock=clock),
         patients=PatientsService(
             store=store,

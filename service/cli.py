@@ -77,10 +77,26 @@ def migrate(app_role: str | None, as_json: bool) -> None:
 
 
 @main.command("vault-setup")
+@click.option(
+    "--approle/--no-approle",
+    default=True,
+    show_default=True,
+    help="Create the service's AppRole (role sealednotes-service).",
+)
+@click.option(
+    "--issue-secret-id", is_flag=True, help="Also generate a new AppRole secret_id (printed once)."
+)
+@click.option("--token-ttl", default="1h", show_default=True)
+@click.option("--token-max-ttl", default="24h", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def vault_setup(as_json: bool) -> None:
-    """Enable the Transit mount and create the audit signing key (idempotent)."""
+def vault_setup(
+    approle: bool, issue_secret_id: bool, token_ttl: str, token_max_ttl: str, as_json: bool
+) -> None:
+    """Transit mount, keys, policies and the service AppRole (idempotent; ops credentials)."""
+    from importlib import resources
+
     svc = _services()
+    out: dict[str, Any] = {"ok": True, "mount": svc.keys.mount}
     with _errors():
         svc.keys.ensure_transit_mount()
         svc.keys.ensure_audit_signing_key()
@@ -88,11 +104,36 @@ def vault_setup(as_json: bool) -> None:
             tenants = tx.all_tenants()
         for t in tenants:
             svc.keys.ensure_tenant_keys(t.id)
-    _emit(
-        as_json,
-        {"ok": True, "mount": svc.keys.mount, "tenants": len(tenants)},
-        f"transit mount '{svc.keys.mount}' ready; keys ensured for {len(tenants)} tenant(s)",
+        out["tenants"] = len(tenants)
+        policies = []
+        for name in ("sealednotes-service", "sealednotes-ops"):
+            hcl = resources.files("service.vault_policies").joinpath(f"{name}.hcl").read_text()
+            svc.keys.write_policy(name, hcl)
+            policies.append(name)
+        out["policies"] = policies
+        if approle:
+            role_id = svc.keys.ensure_approle(
+                "sealednotes-service",
+                ["sealednotes-service"],
+                token_ttl=token_ttl,
+                token_max_ttl=token_max_ttl,
+            )
+            out["approle"] = {"role_name": "sealednotes-service", "role_id": role_id}
+            if issue_secret_id:
+                out["approle"]["secret_id"] = svc.keys.new_secret_id("sealednotes-service")
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(
+        f"transit mount '{out['mount']}' ready; keys ensured for {out['tenants']} "
+        f"tenant(s); policies written: {', '.join(out['policies'])}"
     )
+    if "approle" in out:
+        click.echo(
+            f"AppRole sealednotes-service: SEALEDNOTES_VAULT_ROLE_ID={out['approle']['role_id']}"
+        )
+        if "secret_id" in out["approle"]:
+            click.echo(f"SEALEDNOTES_VAULT_SECRET_ID={out['approle']['secret_id']}  (shown once)")
 
 
 # -- tenants and principals -------------------------------------------------------------
@@ -188,6 +229,126 @@ def principals_suspend(principal_id: str, reason: str, as_json: bool) -> None:
     with _errors():
         _services().principals.suspend(principal_id, reason)
     _emit(as_json, {"id": principal_id, "suspended": True}, f"principal {principal_id} suspended")
+
+
+# -- keys and patients (ops) -------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Rotate and inspect the tenants' Transit keys."""
+
+
+@keys.command("rotate")
+@click.option("--tenant", "tenant_name", default=None, help="Only this tenant (default: all).")
+@click.option(
+    "--retire-old",
+    is_flag=True,
+    help="After every wrapped key is on the newest version, raise "
+    "min_decryption_version so older versions no longer decrypt.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 20000),
+    default=2000,
+    show_default=True,
+    help="Wrapped keys rewrapped and committed per round.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def keys_rotate(tenant_name: str | None, retire_old: bool, batch: int, as_json: bool) -> None:
+    """Rotate Transit keys and rewrap every patient key (online, resumable)."""
+    svc = _services()
+    show_bar = not as_json and sys.stderr.isatty()
+    state: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if not show_bar:
+            return
+        bar = state.get("bar")
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label="rewrapping", file=sys.stderr)
+            bar.__enter__()
+            state["bar"], state["done"] = bar, 0
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    try:
+        with _errors():
+            reports = svc.keyops.rotate(
+                tenant_name, retire_old=retire_old, batch=batch, progress=progress
+            )
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+    summary = {"ok": all(not r.failed for r in reports), "tenants": [r.as_dict() for r in reports]}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        for r in reports:
+            click.echo(
+                f"{r.tenant}: v{r.from_version} -> v{r.to_version}"
+                f"{' (resumed)' if r.resumed else ''}: rewrapped {r.rewrapped} keys in "
+                f"{r.seconds:.1f}s, {len(r.failed)} failed"
+                + (f"; retired versions < v{r.min_decryption_version}" if r.retired else "")
+            )
+    if not summary["ok"]:
+        sys.exit(1)
+
+
+@keys.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def keys_status(as_json: bool) -> None:
+    """Per tenant: Transit key versions and wrapped keys on each version."""
+    with _errors():
+        status = _services().keyops.status()
+    if as_json:
+        click.echo(json.dumps({"tenants": status}))
+        return
+    for t in status:
+        click.echo(
+            f"{t['tenant']}: latest v{t['latest_version']}, min_decryption "
+            f"v{t['min_decryption_version']}, wrapped keys by version "
+            f"{t['wrapped_keys_by_version'] or '{}'}"
+        )
+
+
+@main.group()
+def patients() -> None:
+    """Crypto-shred or re-key a patient (ops, audited)."""
+
+
+@patients.command("shred")
+@click.argument("patient_id")
+@click.option("--reason", required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+def patients_shred(patient_id: str, reason: str, yes: bool, as_json: bool) -> None:
+    """Destroy a patient's wrapped key: its notes become unreadable forever."""
+    if not yes and not as_json:
+        click.confirm(f"Destroy the key of patient {patient_id} for ever?", abort=True)
+    with _errors():
+        p = _services().keyops.shred(patient_id, reason)
+    _emit(
+        as_json,
+        {"patient_id": p.id, "shredded_at": p.shredded_at.isoformat() if p.shredded_at else None},
+        f"patient {p.id} shredded",
+    )
+
+
+@patients.command("rekey")
+@click.argument("patient_id")
+@click.option("--reason", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def patients_rekey(patient_id: str, reason: str, as_json: bool) -> None:
+    """New data key for one patient; every note version re-encrypted."""
+    with _errors():
+        result = _services().keyops.rekey(patient_id, reason)
+    _emit(
+        as_json,
+        result,
+        f"patient {patient_id}: {result['versions_resealed']} versions "
+        "re-encrypted under a new key",
+    )
 
 
 # -- audit ----------------------------------------------------------------------------

@@ -207,8 +207,8 @@ class KeyReleaseGate:
             self._deny_and_commit(tx, Gone())
         return patient, ("care-team" if care else "break-glass")
 
-    def _unwrap(self, tx: Tx, patient: Patient) -> bytes | None:
-        row = tx.patient_key(patient.id)
+    def _unwrap(self, tx: Tx, patient: Patient, *, for_write: bool = False) -> bytes | None:
+        row = tx.patient_key(patient.id, for_share=for_write)
         if row is None:
             return None
         ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
@@ -369,7 +369,7 @@ class KeyReleaseGate:
         """
         now = self._clock.now()
         patient, _via = self._access(tx, caller, patient_id, now, action=action, note_id=note_id)
-        key = self._unwrap(tx, patient)
+        key = self._unwrap(tx, patient, for_write=True)
         if key is not None:
             return patient, key
         context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
@@ -385,7 +385,7 @@ class KeyReleaseGate:
             )
             return patient, new.plaintext
         # Another writer created the key first: use theirs.
-        key = self._unwrap(tx, patient)
+        key = self._unwrap(tx, patient, for_write=True)
         assert key is not None
         return patient, key
 

@@ -106,6 +106,10 @@ class BreakGlassCreate(StrictSchema):
     reason = Text(required=True, validate=validate.Length(min=20, max=2000))
 
 
+class ShredRequest(StrictSchema):
+    reason = Text(required=True, validate=validate.Length(min=10, max=2000))
+
+
 class DecoyPut(StrictSchema):
     decoy = StrictBoolean(required=True)
 

@@ -254,6 +254,11 @@ class Tx:
         )
         return _patient(row) if row else None
 
+    def patient_by_id(self, patient_id: str) -> Patient | None:
+        """Ops lookup across tenants (CLI only; the API always scopes by tenant)."""
+        row = self._one("SELECT * FROM patients WHERE id = %s", (patient_id,))
+        return _patient(row) if row else None
+
     def set_decoy(self, tenant_id: str, patient_id: str, decoy: bool) -> bool:
         cur = self.conn.execute(
             "UPDATE patients SET is_decoy = %s WHERE tenant_id = %s AND id = %s",
@@ -398,9 +403,13 @@ class Tx:
 
     # -- keys ------------------------------------------------------------------------
 
-    def patient_key(self, patient_id: str) -> PatientKeyRow | None:
+    def patient_key(self, patient_id: str, *, for_share: bool = False) -> PatientKeyRow | None:
+        # Writers take a share lock so a concurrent re-key (FOR UPDATE) cannot
+        # swap the key between their read and their commit.
+        lock = " FOR SHARE" if for_share else ""
         row = self._one(
-            "SELECT patient_id, wrapped_key, key_version FROM patient_keys WHERE patient_id = %s",
+            "SELECT patient_id, wrapped_key, key_version FROM patient_keys "
+            f"WHERE patient_id = %s{lock}",
             (patient_id,),
         )
         if row is None:
@@ -418,6 +427,104 @@ class Tx:
             (patient_id, tenant_id, wrapped_key, key_version, now, now),
         )
         return row is not None
+
+    def wrapped_keys_below(
+        self, tenant_id: str, version: int, *, after: str | None, limit: int
+    ) -> list[PatientKeyRow]:
+        """Wrapped keys older than `version`, in patient-id order (keyset pagination)."""
+        rows = self._all(
+            "SELECT patient_id, wrapped_key, key_version FROM patient_keys "
+            "WHERE tenant_id = %s AND key_version < %s AND patient_id > %s "
+            "ORDER BY patient_id LIMIT %s",
+            (tenant_id, version, after or "00000000-0000-0000-0000-000000000000", limit),
+        )
+        return [
+            PatientKeyRow(str(r["patient_id"]), r["wrapped_key"], r["key_version"]) for r in rows
+        ]
+
+    def replace_wrapped_keys(self, updates: list[tuple[str, str, str, int]], now: datetime) -> int:
+        """Conditional batch update of (patient_id, old wrapped, new wrapped, new version).
+
+        A row changed since it was read (rewrapped, re-keyed or shredded concurrently)
+        is left alone, so no update is ever lost or applied twice.
+        """
+        if not updates:
+            return 0
+        pids, olds, news, versions = (list(x) for x in zip(*updates, strict=True))
+        cur = self.conn.execute(
+            "UPDATE patient_keys k SET wrapped_key = v.new, key_version = v.ver, updated_at = %s "
+            "FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[]) AS v(pid, old, new, ver) "
+            "WHERE k.patient_id = v.pid AND k.wrapped_key = v.old",
+            (now, pids, olds, news, versions),
+        )
+        return cur.rowcount
+
+    def key_version_counts(self, tenant_id: str) -> dict[int, int]:
+        rows = self._all(
+            "SELECT key_version, count(*) AS n FROM patient_keys WHERE tenant_id = %s "
+            "GROUP BY key_version ORDER BY key_version",
+            (tenant_id,),
+        )
+        return {int(r["key_version"]): int(r["n"]) for r in rows}
+
+    def lock_patient_key(self, patient_id: str) -> PatientKeyRow | None:
+        row = self._one(
+            "SELECT patient_id, wrapped_key, key_version FROM patient_keys "
+            "WHERE patient_id = %s FOR UPDATE",
+            (patient_id,),
+        )
+        if row is None:
+            return None
+        return PatientKeyRow(str(row["patient_id"]), row["wrapped_key"], row["key_version"])
+
+    def set_patient_key(
+        self, patient_id: str, wrapped_key: str, key_version: int, now: datetime
+    ) -> None:
+        self.conn.execute(
+            "UPDATE patient_keys SET wrapped_key = %s, key_version = %s, updated_at = %s "
+            "WHERE patient_id = %s",
+            (wrapped_key, key_version, now, patient_id),
+        )
+
+    def shred_patient(self, tenant_id: str, patient_id: str, now: datetime) -> bool:
+        """Destroy the wrapped data key and mark the patient shredded."""
+        cur = self.conn.execute(
+            "UPDATE patients SET shredded_at = %s WHERE tenant_id = %s AND id = %s "
+            "AND shredded_at IS NULL",
+            (now, tenant_id, patient_id),
+        )
+        if cur.rowcount != 1:
+            return False
+        self.conn.execute("DELETE FROM patient_keys WHERE patient_id = %s", (patient_id,))
+        return True
+
+    def patient_versions_for_update(self, patient_id: str) -> list[tuple[NoteRow, NoteVersionRow]]:
+        rows = self._all(
+            "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
+            " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
+            " v.note_id, v.version, v.sealed, v.author_id, v.created_at AS v_created_at "
+            "FROM notes n JOIN note_versions v ON v.note_id = n.id WHERE n.patient_id = %s "
+            "ORDER BY n.id, v.version FOR UPDATE OF v",
+            (patient_id,),
+        )
+        out = []
+        for r in rows:
+            note = _note(r)
+            version = NoteVersionRow(
+                note_id=str(r["note_id"]),
+                version=r["version"],
+                sealed=bytes(r["sealed"]),
+                author_id=str(r["author_id"]),
+                created_at=r["v_created_at"],
+            )
+            out.append((note, version))
+        return out
+
+    def reseal_version(self, note_id: str, version: int, sealed: bytes) -> None:
+        self.conn.execute(
+            "UPDATE note_versions SET sealed = %s WHERE note_id = %s AND version = %s",
+            (sealed, note_id, version),
+        )
 
     # -- notes -----------------------------------------------------------------------
 

@@ -4,9 +4,9 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify
 
-from service.api import caller, json_body, services
+from service.api import caller, iso, json_body, services
 from service.models import Principal
-from service.schemas import BudgetPut, DecoyPut, load
+from service.schemas import BudgetPut, DecoyPut, ShredRequest, load
 
 bp = Blueprint("admin", __name__)
 
@@ -35,6 +35,14 @@ def set_budget(principal_id: UUID) -> Response:
     data = load(BudgetPut(), json_body())
     p = services().principals.set_budget(c, str(principal_id), data["per_hour"], data["per_day"])
     return jsonify(principal_json(p))
+
+
+@bp.post("/v1/admin/patients/<uuid:patient_id>/shred")
+def shred(patient_id: UUID) -> Response:
+    c = caller()
+    data = load(ShredRequest(), json_body())
+    p = services().keyops.shred(str(patient_id), data["reason"], c)
+    return jsonify({"patient_id": p.id, "shredded_at": iso(p.shredded_at)})
 
 
 @bp.put("/v1/admin/patients/<uuid:patient_id>/decoy")

@@ -1,0 +1,328 @@
+"""Key operations for ops: rotation with batched rewrap, status, crypto-shredding and
+per-patient re-keying. Every operation is audited."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from crypto import DecryptionError, WrappedKey, key_context, open_sealed, seal
+from service.audit import AuditLog, Caller
+from service.clock import Clock
+from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound
+from service.keycache import KeyCache
+from service.models import Patient, PatientKeyRow, Role
+from service.notes import _aad
+from service.store import Store
+from service.vault import VaultKeyService
+
+log = logging.getLogger(__name__)
+
+# Keys read and committed per database round; the Vault adapter splits them into
+# requests of at most 240 items (OpenBao's JSON complexity limit) sent in parallel.
+DEFAULT_BATCH = 2000
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class RotationReport:
+    tenant: str
+    tenant_id: str
+    rotated: bool
+    resumed: bool
+    from_version: int
+    to_version: int
+    rewrapped: int = 0
+    failed: list[str] = field(default_factory=list)
+    passes: int = 0
+    retired: bool = False
+    min_decryption_version: int = 1
+    remaining_old: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keys_per_second"] = round(self.rewrapped / self.seconds) if self.seconds else None
+        return d
+
+
+class KeyOperations:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        keys: VaultKeyService,
+        audit: AuditLog,
+        clock: Clock,
+        cache: KeyCache,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._audit = audit
+        self._clock = clock
+        self._cache = cache
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        with self._store.transaction() as tx:
+            tenants = tx.all_tenants()
+            counts = {t.id: tx.key_version_counts(t.id) for t in tenants}
+        out = []
+        for t in tenants:
+            info = self._keys.dek_key_info(t.id)
+            by_version = counts[t.id]
+            out.append(
+                {
+                    "tenant": t.name,
+                    "tenant_id": t.id,
+                    "latest_version": info["latest_version"],
+                    "min_decryption_version": info["min_decryption_version"],
+                    "transit_versions": info["versions"],
+                    "wrapped_keys_by_version": {str(v): n for v, n in by_version.items()},
+                    "wrapped_keys_total": sum(by_version.values()),
+                    "on_latest": by_version.get(info["latest_version"], 0),
+                }
+            )
+        return out
+
+    # -- rotation -----------------------------------------------------------------------
+
+    def rotate(
+        self,
+        tenant_name: str | None = None,
+        *,
+        retire_old: bool = False,
+        batch: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> list[RotationReport]:
+        with self._store.transaction() as tx:
+            if tenant_name is None:
+                tenants = tx.all_tenants()
+            else:
+                t = tx.tenant_by_name(tenant_name)
+                if t is None:
+                    raise NotFound(f"No tenant named {tenant_name!r}")
+                tenants = [t]
+        return [self._rotate_tenant(t.id, t.name, retire_old, batch, progress) for t in tenants]
+
+    def _rotate_tenant(
+        self, tenant_id: str, name: str, retire_old: bool, batch: int, progress: Progress | None
+    ) -> RotationReport:
+        started = time.perf_counter()
+        info = self._keys.dek_key_info(tenant_id)
+        with self._store.transaction() as tx:
+            counts = tx.key_version_counts(tenant_id)
+        old = sum(n for v, n in counts.items() if v < info["latest_version"])
+        if old:
+            # A previous rotation was interrupted (or the key was rotated in Vault
+            # directly): finish rewrapping to the newest version before rotating again.
+            latest, rotated = info["latest_version"], False
+        else:
+            latest, rotated = self._keys.rotate_dek(tenant_id), True
+            old = sum(counts.values())
+        report = RotationReport(
+            tenant=name,
+            tenant_id=tenant_id,
+            rotated=rotated,
+            resumed=not rotated,
+            from_version=info["latest_version"] if not rotated else latest - 1,
+            to_version=latest,
+            min_decryption_version=info["min_decryption_version"],
+        )
+        self._record(
+            "keys.rotate",
+            tenant_id,
+            f"{'rotated' if rotated else 'resumed'} to v{latest}; {old} wrapped keys to rewrap",
+        )
+        failed: set[str] = set()
+        while True:
+            report.passes += 1
+            done_this_pass = self._rewrap_pass(
+                tenant_id, latest, batch, failed, report, old, progress
+            )
+            # Keys written while this pass ran (behind the cursor) get another pass.
+            if done_this_pass == 0:
+                break
+        with self._store.transaction() as tx:
+            counts = tx.key_version_counts(tenant_id)
+        report.remaining_old = sum(n for v, n in counts.items() if v < latest)
+        report.failed = sorted(failed)
+        if failed:
+            log.error("%s wrapped keys of tenant %s failed to rewrap", len(failed), tenant_id)
+        if retire_old:
+            if report.remaining_old:
+                raise Conflict(
+                    f"{report.remaining_old} wrapped keys are still on old versions "
+                    f"({len(failed)} failed to rewrap); not retiring old versions"
+                )
+            self._keys.set_min_decryption_version(tenant_id, latest)
+            report.retired = True
+            report.min_decryption_version = latest
+            self._record("keys.retire", tenant_id, f"min_decryption_version=v{latest}")
+        report.seconds = time.perf_counter() - started
+        self._record(
+            "keys.rewrap",
+            tenant_id,
+            f"v{latest}: rewrapped={report.rewrapped} failed={len(failed)} "
+            f"remaining_old={report.remaining_old}",
+            outcome="granted" if not failed else "denied",
+        )
+        return report
+
+    def _rewrap_pass(
+        self,
+        tenant_id: str,
+        latest: int,
+        batch: int,
+        failed: set[str],
+        report: RotationReport,
+        total: int,
+        progress: Progress | None,
+    ) -> int:
+        """One keyset pass over keys below `latest`, pipelined: reading the next
+        batch, rewrapping in Vault and committing overlap."""
+
+        def rewrap(rows: list[PatientKeyRow]) -> list[WrappedKey | None]:
+            return self._keys.rewrap_batch(
+                tenant_id,
+                [
+                    (r.wrapped_key, key_context(tenant_id=tenant_id, patient_id=r.patient_id))
+                    for r in rows
+                ],
+            )
+
+        def commit(rows: list[PatientKeyRow], pending: Future[list[WrappedKey | None]]) -> int:
+            updates = []
+            for r, new in zip(rows, pending.result(), strict=True):
+                if new is None:
+                    failed.add(r.patient_id)
+                else:
+                    updates.append((r.patient_id, r.wrapped_key, new.ciphertext, new.key_version))
+            with self._store.transaction() as tx:
+                return tx.replace_wrapped_keys(updates, self._clock.now())
+
+        done = 0
+        after: str | None = None
+        in_flight: deque[Future[int]] = deque()
+        with ThreadPoolExecutor(2) as vault_pool, ThreadPoolExecutor(1) as db_pool:
+            while True:
+                with self._store.transaction() as tx:
+                    rows = tx.wrapped_keys_below(tenant_id, latest, after=after, limit=batch)
+                if not rows:
+                    break
+                after = rows[-1].patient_id
+                rows = [r for r in rows if r.patient_id not in failed]
+                pending = vault_pool.submit(rewrap, rows)
+                in_flight.append(db_pool.submit(commit, rows, pending))
+                while len(in_flight) > 2:
+                    done += self._collect(in_flight.popleft(), report, total, progress)
+            while in_flight:
+                done += self._collect(in_flight.popleft(), report, total, progress)
+        return done
+
+    @staticmethod
+    def _collect(
+        future: Future[int], report: RotationReport, total: int, progress: Progress | None
+    ) -> int:
+        changed = future.result()
+        report.rewrapped += changed
+        if progress:
+            progress(report.rewrapped, total)
+        return changed
+
+    def _record(self, action: str, tenant_id: str, reason: str, outcome: str = "granted") -> None:
+        with self._store.transaction() as tx:
+            self._audit.record(
+                tx,
+                self._clock.now(),
+                action=action,
+                outcome=outcome,
+                tenant_id=tenant_id,
+                reason=reason,
+            )
+
+    # -- crypto-shredding ---------------------------------------------------------------
+
+    def _patient(self, patient_id: str, caller: Caller | None) -> Patient:
+        with self._store.transaction() as tx:
+            patient = tx.patient_by_id(patient_id)
+        if patient is None or (caller and patient.tenant_id != caller.principal.tenant_id):
+            raise NotFound("No such patient")
+        return patient
+
+    def shred(self, patient_id: str, reason: str, caller: Caller | None = None) -> Patient:
+        """Destroy the patient's wrapped data key: its notes can never be read again."""
+        if caller is not None and caller.principal.role is not Role.ADMIN:
+            raise Forbidden("Only admins shred patients")
+        patient = self._patient(patient_id, caller)
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            if not tx.shred_patient(patient.tenant_id, patient.id, now):
+                raise Conflict("The patient is already shredded")
+            self._audit.record(
+                tx,
+                now,
+                action="patient.shred",
+                outcome="granted",
+                caller=caller,
+                tenant_id=patient.tenant_id,
+                patient_id=patient.id,
+                reason=reason,
+            )
+            shredded = tx.patient_by_id(patient.id)
+        self._cache.clear()
+        assert shredded is not None
+        return shredded
+
+    # -- per-patient re-key ---------------------------------------------------------------
+
+    def rekey(self, patient_id: str, reason: str) -> dict[str, Any]:
+        """A new data key for one patient; every note version re-encrypted under it."""
+        patient = self._patient(patient_id, None)
+        if patient.shredded_at is not None:
+            raise Conflict("The patient is shredded")
+        context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            row = tx.lock_patient_key(patient.id)
+            if row is None:
+                raise Conflict("The patient has no data key yet (no notes)")
+            try:
+                old_key = self._keys.unwrap(
+                    WrappedKey(row.wrapped_key, row.key_version),
+                    tenant_id=patient.tenant_id,
+                    context=context,
+                )
+            except DecryptionError as e:
+                raise IntegrityFailure() from e
+            new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
+            versions = tx.patient_versions_for_update(patient.id)
+            for note, version in versions:
+                aad = _aad(note, version.version)
+                try:
+                    plaintext = open_sealed(old_key, version.sealed, aad=aad)
+                except DecryptionError as e:
+                    raise IntegrityFailure() from e
+                tx.reseal_version(note.id, version.version, seal(new.plaintext, plaintext, aad=aad))
+            tx.set_patient_key(patient.id, new.wrapped.ciphertext, new.wrapped.key_version, now)
+            self._audit.record(
+                tx,
+                now,
+                action="patient.rekey",
+                outcome="granted",
+                tenant_id=patient.tenant_id,
+                patient_id=patient.id,
+                reason=reason,
+            )
+        self._cache.clear()
+        return {
+            "patient_id": patient.id,
+            "versions_resealed": len(versions),
+            "key_version": new.wrapped.key_version,
+        }

@@ -1,0 +1,1 @@
+../../deploy/vault/sealednotes-service.hcl
