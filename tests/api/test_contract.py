@@ -394,6 +394,7 @@ VALID_BODIES: dict[str, Any] = {
     "amendNote": NOTE,
     "setPrincipalBudget": {"per_hour": 5},
     "setPatientDecoy": {"decoy": False},
+    "shredPatient": {"reason": "erasure request 1"},
 }
 VALID_QUERIES: dict[str, dict[str, str]] = {"findPatient": {"external_id": "MRN-none"}}
 VALID_HEADERS: dict[str, dict[str, str]] = {"amendNote": {"If-Match": '"1"'}}
@@ -415,6 +416,7 @@ ROLE_FOR: dict[str, str] = {
     "unlockPrincipal": "admin",
     "setPrincipalBudget": "admin",
     "setPatientDecoy": "admin",
+    "shredPatient": "admin",
     "listAuditEvents": "auditor",
     "verifyAuditLog": "auditor",
 }
@@ -435,12 +437,6 @@ def valid_request(op: Operation) -> dict[str, Any]:
 
 def random_params(op: Operation) -> dict[str, str]:
     return {name: str(uuid.uuid4()) for name in op.path_params}
-
-
-def shred(db_url: str, patient_id: str) -> None:
-    """There is no shredding endpoint yet: mark the patient as the shredder would."""
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("UPDATE patients SET shredded_at = now() WHERE id = %s", (patient_id,))
 
 
 # == 1. the document ======================================================================
@@ -844,6 +840,17 @@ def test_every_operation_succeeds_as_documented(
     _r, report = c.call("GET", "/v1/audit/verify", w.auditor.token, expect=200)
     assert report["ok"] is True and report["checked"] >= len(log["items"])
 
+    # crypto-shredding, last: the patient's notes are gone for good
+    _r, shredded = c.call(
+        "POST",
+        "/v1/admin/patients/{patient_id}/shred",
+        w.tenant.admin.token,
+        params=team,
+        json={"reason": "erasure request 7"},
+        expect=200,
+    )
+    assert shredded["patient_id"] == patient["id"]
+
     ok = {(m, path) for m, path, status in c.contract.seen if 200 <= status < 300}
     missing = sorted({(o.method, o.path) for o in operations(c.contract.spec)} - ok)
     assert not missing, f"operations never exercised with success: {missing}"
@@ -1064,8 +1071,25 @@ def test_amend_preconditions_428_412_400(checked: Checked, world: World) -> None
 
 
 def test_shredded_patient_gets_410(checked: Checked, world: World, db_url: str) -> None:
-    shred(db_url, world.patient_id)
     c, p, tok = checked, world.params, world.dr.token
+    _r, shredded = c.call(
+        "POST",
+        "/v1/admin/patients/{patient_id}/shred",
+        world.tenant.admin.token,
+        params=p,
+        json={"reason": "erasure request 42"},
+        expect=200,
+    )
+    assert shredded["patient_id"] == world.patient_id
+    c.problem(
+        "POST",
+        "/v1/admin/patients/{patient_id}/shred",
+        world.tenant.admin.token,
+        409,
+        "conflict",
+        params=p,
+        json={"reason": "erasure request 42"},
+    )
     c.problem("GET", "/v1/notes/{note_id}", tok, 410, "gone", params=p)
     c.problem("GET", "/v1/notes/{note_id}/versions", tok, 410, "gone", params=p)
     c.problem("GET", "/v1/patients/{patient_id}/notes", tok, 410, "gone", params=p)
