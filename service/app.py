@@ -6,8 +6,10 @@ lazily in the process that serves requests (after gunicorn forks).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,14 +18,16 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from service import deadline
 from service.alerts import Alerter
 from service.audit import AuditCheckpointer, AuditLog, AuditService
 from service.clock import Clock, SystemClock
 from service.config import Settings
-from service.errors import ServiceError
+from service.errors import Overloaded, ServiceError
 from service.keycache import KeyCache
 from service.keyops import KeyOperations
 from service.keyrelease import KeyReleaseGate
+from service.logs import request_id_var
 from service.metrics import Metrics
 from service.notes import NotesService
 from service.patients import PatientsService
@@ -34,6 +38,7 @@ from service.vault import VaultKeyService
 
 log = logging.getLogger("sealednotes")
 
+UNTHROTTLED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # A note body is at most 1 MiB of characters; JSON escaping can make that
 # several times larger in bytes.
@@ -149,12 +154,31 @@ def create_app(
     for bp in (health.bp, me.bp, patients.bp, notes.bp, admin.bp, audit.bp):
         app.register_blueprint(bp)
 
+    in_flight = threading.BoundedSemaphore(settings.max_in_flight)
+
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
-        services.checkpointer.ensure_started()
         rid = request.headers.get("X-Request-Id", "")
         g.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid.uuid4())
+        g.log_token = request_id_var.set(g.request_id)
+        g.deadline_token = deadline.start(settings.request_timeout)
+        if request.path in UNTHROTTLED_PATHS:
+            return
+        # Shed load early: a request that cannot start within 50 ms gets a fast 503.
+        if not in_flight.acquire(timeout=0.05):
+            raise Overloaded()
+        g.slot = True
+        services.checkpointer.ensure_started()
+
+    @app.teardown_request
+    def _release(_exc: BaseException | None) -> None:
+        if g.pop("slot", False):
+            in_flight.release()
+        with contextlib.suppress(ValueError, KeyError):
+            deadline.reset(g.pop("deadline_token"))
+        with contextlib.suppress(ValueError, KeyError):
+            request_id_var.reset(g.pop("log_token"))
 
     @app.after_request
     def _finish(response: Response) -> Response:

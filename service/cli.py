@@ -436,6 +436,18 @@ def audit_export(fmt: str, since: Any, tenant_name: str | None, output: Any) -> 
 # -- serving ----------------------------------------------------------------------------
 
 
+def _prepare_serving() -> None:
+    """Before anything imports prometheus_client: one metrics directory shared by
+    the gunicorn workers, and redacted JSON logs."""
+    import tempfile
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sealednotes-metrics-")
+    from service.logs import configure_logging
+
+    configure_logging()
+
+
 def _run_gunicorn(settings: Settings, app_factory: Any, workers: int | None = None) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -456,6 +468,7 @@ def _run_gunicorn(settings: Settings, app_factory: Any, workers: int | None = No
 @click.option("--workers", type=click.IntRange(1, 64), default=None)
 def serve(workers: int | None) -> None:
     """Serve the API with gunicorn; configuration from the environment."""
+    _prepare_serving()
     settings = _settings()
     from service.app import create_app
 
@@ -481,6 +494,7 @@ def dev(host: str, port: int, state_dir: Path) -> None:
         url_with_user,
     )
 
+    _prepare_serving()
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     click.echo(f"state in {state_dir}")

@@ -67,6 +67,8 @@ class Settings:
     workers: int = 2
     pool_min: int = 1
     pool_max: int = 8
+    threads: int = 16
+    max_in_flight: int = 8
     budgets: Budgets = field(default_factory=Budgets)
     key_cache_ttl: float = 60.0
     key_cache_size: int = 4096
@@ -116,6 +118,8 @@ class Settings:
             workers=_int(env, "SEALEDNOTES_WORKERS", 2, minimum=1),
             pool_min=_int(env, "SEALEDNOTES_POOL_MIN", 1, minimum=0),
             pool_max=_int(env, "SEALEDNOTES_POOL_MAX", 8, minimum=1),
+            threads=_int(env, "SEALEDNOTES_THREADS", 16, minimum=1),
+            max_in_flight=_int(env, "SEALEDNOTES_MAX_IN_FLIGHT", 8, minimum=1),
             budgets=Budgets(
                 per_hour=_int(env, "SEALEDNOTES_RELEASE_PER_HOUR", 60, minimum=1),
                 per_day=_int(env, "SEALEDNOTES_RELEASE_PER_DAY", 200, minimum=1),

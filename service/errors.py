@@ -122,6 +122,14 @@ class ServiceUnavailable(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class Overloaded(ServiceUnavailable):
+    slug = "overloaded"
+    title = "The service is at capacity; retry after a short pause"
+
+    def __init__(self) -> None:
+        super().__init__(retry_after=1)
+
+
 class KeyServiceUnavailable(ServiceUnavailable):
     slug = "key-service-unavailable"
     title = "The key service (Vault) is unavailable, sealed or too slow; nothing was decrypted"

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+def exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics serves: every gunicorn worker's metrics when running under
+    `sealednotes serve` (multiprocess mode), else this process's own."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return own
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
 
 
 class Metrics:

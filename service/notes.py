@@ -3,6 +3,8 @@ act, audit, commit, and only then decrypt."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import uuid
@@ -12,7 +14,7 @@ from datetime import datetime
 from crypto import DecryptionError, note_aad, open_sealed, seal
 from service.audit import AuditLog, Caller
 from service.clock import Clock
-from service.errors import Forbidden, IntegrityFailure, NotFound, PreconditionFailed
+from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound, PreconditionFailed
 from service.keyrelease import BudgetStatus, KeyReleaseGate
 from service.models import NoteRow, NoteVersionRow, Role
 from service.store import Store, Tx
@@ -55,6 +57,28 @@ def _encode(content: NoteContent) -> bytes:
 def _decode(raw: bytes) -> NoteContent:
     data = json.loads(raw.decode("utf-8"))
     return NoteContent(title=data.get("t"), body=data["b"])
+
+
+def _request_digest(
+    key: bytes, patient_id: str, kind: str, content: NoteContent, encounter_at: datetime | None
+) -> bytes:
+    # Keyed by the patient's own data key: the digest reveals nothing about content.
+    message = json.dumps(
+        [
+            patient_id,
+            kind,
+            content.title,
+            content.body,
+            encounter_at.isoformat() if encounter_at else None,
+        ],
+        ensure_ascii=False,
+    ).encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+class IdempotencyKeyReused(Conflict):
+    slug = "idempotency-key-reused"
+    title = "This Idempotency-Key was already used for a different request"
 
 
 def _aad(note: NoteRow, version: int) -> bytes:
@@ -111,7 +135,10 @@ class NotesService:
         kind: str,
         content: NoteContent,
         encounter_at: datetime | None,
-    ) -> NoteRow:
+        idempotency_key: str | None = None,
+    ) -> tuple[NoteRow, bool]:
+        """Create a note; returns (note, replayed). With an idempotency key, a retry
+        of the same request returns the first note instead of a duplicate."""
         _require_clinician(caller)
         note_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
@@ -119,6 +146,28 @@ class NotesService:
                 tx, caller, patient_id, action="note.create", note_id=note_id
             )
             now = self._clock.now()
+            if idempotency_key is not None:
+                digest = _request_digest(key, patient.id, kind, content, encounter_at)
+                earlier = tx.claim_idempotency_key(
+                    caller.principal.id, idempotency_key, digest, note_id, now
+                )
+                if earlier is not None:
+                    earlier_id, earlier_digest = earlier
+                    if not hmac.compare_digest(earlier_digest, digest):
+                        raise IdempotencyKeyReused()
+                    replay = tx.note(patient.tenant_id, earlier_id)
+                    assert replay is not None
+                    self._audit.record(
+                        tx,
+                        now,
+                        action="note.create",
+                        outcome="noop",
+                        caller=caller,
+                        patient_id=patient.id,
+                        note_id=earlier_id,
+                        reason="idempotent-replay",
+                    )
+                    return replay, True
             note = tx.insert_note(
                 note_id,
                 patient.tenant_id,
@@ -144,7 +193,7 @@ class NotesService:
                 patient_id=patient.id,
                 note_id=note.id,
             )
-            return note
+            return note, False
 
     def amend(
         self,

@@ -7,9 +7,19 @@ Timeouts are ordered: Vault and database calls (2 s) < request deadline (5 s)
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from service.config import Settings
+from service.logs import gunicorn_logconfig
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    # Multiprocess Prometheus metrics: drop a dead worker's live gauges.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def gunicorn_options(settings: Settings, workers: int | None = None) -> dict[str, Any]:
@@ -17,12 +27,16 @@ def gunicorn_options(settings: Settings, workers: int | None = None) -> dict[str
         "bind": settings.bind,
         "workers": workers or settings.workers,
         "worker_class": "gthread",
-        "threads": 4,
+        # More threads than in-flight slots: the extra threads answer 503
+        # "overloaded" at once instead of letting clients queue without bound.
+        "threads": settings.threads,
         "timeout": max(10, math.ceil(settings.request_timeout * 2)),
         "graceful_timeout": 10,
         "keepalive": 5,
         "preload_app": False,  # pools and Vault clients open per worker, after fork
         "accesslog": "-",
+        "logconfig_dict": gunicorn_logconfig(),
+        "child_exit": _child_exit,
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s',
         "errorlog": "-",
         "loglevel": "info",

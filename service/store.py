@@ -23,7 +23,7 @@ import psycopg_pool
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from service import auditchain
+from service import auditchain, deadline
 from service.errors import AuditUnavailable, DatabaseUnavailable, ServiceError
 from service.models import (
     AuditEvent,
@@ -556,6 +556,31 @@ class Tx:
             (note_id, version, sealed, author_id, now),
         )
 
+    def claim_idempotency_key(
+        self, principal_id: str, key: str, digest: bytes, note_id: str, now: datetime
+    ) -> tuple[str, bytes] | None:
+        """Claim `key` for a new note. None if claimed now; else the earlier
+        (note_id, digest). A concurrent claim waits for the other transaction."""
+        self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE principal_id = %s AND key = %s AND created_at < %s",
+            (principal_id, key, now - DAY),
+        )
+        row = self._one(
+            "INSERT INTO idempotency_keys (principal_id, key, request_digest, note_id,"
+            " created_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (principal_id, key)"
+            " DO NOTHING RETURNING note_id",
+            (principal_id, key, digest, note_id, now),
+        )
+        if row is not None:
+            return None
+        existing = self._one(
+            "SELECT note_id, request_digest FROM idempotency_keys "
+            "WHERE principal_id = %s AND key = %s",
+            (principal_id, key),
+        )
+        assert existing is not None
+        return str(existing["note_id"]), bytes(existing["request_digest"])
+
     def note(self, tenant_id: str, note_id: str) -> NoteRow | None:
         row = self._one(
             f"SELECT {NOTE_COLUMNS} FROM notes WHERE tenant_id = %s AND id = %s",
@@ -837,6 +862,7 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        deadline.check()
         try:
             with self.pool().connection() as conn:
                 yield Tx(conn)
@@ -895,6 +921,7 @@ OPERATIONAL_TABLES = (
     "break_glass",
     "key_releases",
     "release_denials",
+    "idempotency_keys",
 )
 APPEND_ONLY_TABLES = ("audit_events", "audit_checkpoints")
 

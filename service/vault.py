@@ -30,6 +30,7 @@ import hvac.exceptions
 import requests
 
 from crypto import DecryptionError, NewDataKey, WrappedKey
+from service import deadline
 from service.errors import KeyServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class VaultKeyService:
             raise KeyServiceUnavailable() from e
 
     def _call(self, fn: Callable[[hvac.Client], T]) -> T:
+        deadline.check()
         with self._translated():
             try:
                 return fn(self.client())

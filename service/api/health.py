@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api import services
+from service.metrics import exposition_registry
 
 bp = Blueprint("health", __name__)
 
@@ -33,7 +34,8 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(services().metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    registry = exposition_registry(services().metrics.registry)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/openapi.yaml")

@@ -24,6 +24,7 @@ from service.schemas import NoteWrite, load
 bp = Blueprint("notes", __name__)
 
 ETAG_RE = re.compile(r'^"(\d{1,9})"$')
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 def etag(note: NoteRow) -> str:
@@ -67,15 +68,21 @@ def _content(data: dict[str, Any]) -> NoteContent:
 @bp.post("/v1/patients/<uuid:patient_id>/notes")
 def create_note(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
     c = caller()
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not IDEMPOTENCY_KEY_RE.match(idempotency_key):
+        raise BadRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
     data = load(NoteWrite(), json_body())
-    note = services().notes.create(
+    note, replayed = services().notes.create(
         c,
         str(patient_id),
         kind=data["kind"],
         content=_content(data),
         encounter_at=data["encounter_at"],
+        idempotency_key=idempotency_key,
     )
     headers = {"Location": f"/v1/notes/{note.id}", "ETag": etag(note)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return jsonify(note_json(NoteView(note))), 201, headers
 
 
