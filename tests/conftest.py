@@ -8,6 +8,7 @@ starts from empty tables. OpenBao: a `bao server -dev` started here.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -36,11 +37,44 @@ from service.devstack import (
     free_port,
     url_with_user,
 )
+from service.logs import RedactingJsonFormatter
 from service.store import Store
 from service.vault import VaultKeyService
 from tests.helpers import Api, StackHelper
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="sealednotes-xdg-"))
+
+CANARY = "CANARY-"  # tests mark health data and identifiers with this prefix
+LOG_LINES: list[str] = []  # every log line of the whole run, as the service formats it
+
+
+class _CaptureLogs(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.setFormatter(RedactingJsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        LOG_LINES.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_canary_in_any_log_line() -> Iterator[None]:
+    """P1/P9: no note text or external id in any log line of the whole suite, in-process
+    (every logger, exception traces included) or from the gunicorn servers started."""
+    handler = _CaptureLogs()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+    leaked = [line for line in LOG_LINES if CANARY in line]
+    assert len(LOG_LINES) > 0
+    assert not leaked, f"{len(leaked)} log lines carry canaries, e.g. {leaked[0][:300]}"
+
 
 APP_ROLE = "sealednotes_app_test"
 APP_TABLES = (
@@ -197,6 +231,9 @@ class LiveServer:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def collect_logs(self) -> None:
+        LOG_LINES.extend(self.log_text().splitlines())
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -222,3 +259,4 @@ def live_server(
     yield start
     for s in servers:
         s.stop()
+        s.collect_logs()

@@ -17,7 +17,9 @@ from tests.helpers import StackHelper, seed_patients
 def test_no_over_release_across_workers_tokens_and_addresses(
     stack: StackHelper, live_server: Callable[..., LiveServer], db_url: str
 ) -> None:
-    server = live_server(workers=4, SEALEDNOTES_SUSPEND_AFTER_DENIALS="1000")
+    server = live_server(
+        workers=4, SEALEDNOTES_SUSPEND_AFTER_DENIALS="1000", SEALEDNOTES_MAX_IN_FLIGHT="16"
+    )
     t = stack.tenant()
     dr = stack.clinician(t)
     patients = seed_patients(stack, t, [dr], 120)
