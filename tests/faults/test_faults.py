@@ -241,3 +241,60 @@ def _timed_get(url: str, headers: dict[str, str]) -> tuple[requests.Response, fl
     started = time.monotonic()
     r = requests.get(url, headers=headers, timeout=30)
     return r, time.monotonic() - started
+
+
+def test_note_write_is_all_or_nothing(faults: FaultStack, note: dict[str, Any]) -> None:
+    """A fault at the last step of a write (the version insert fails) leaves no note,
+    no version and no audit record behind; nor does a Vault failure at the first step."""
+    import psycopg
+
+    api, dr, pid = faults.api, note["dr"], note["patient"]
+
+    def counts() -> tuple[int, int, int]:
+        with psycopg.connect(faults.owner_url) as conn:
+            return (
+                conn.execute("SELECT count(*) FROM notes").fetchone()[0],
+                conn.execute("SELECT count(*) FROM note_versions").fetchone()[0],
+                conn.execute(
+                    "SELECT count(*) FROM audit_events WHERE action = 'note.create'"
+                ).fetchone()[0],
+            )
+
+    before = counts()
+    with psycopg.connect(faults.owner_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION fail_versions() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER fail_versions BEFORE INSERT ON note_versions"
+            " FOR EACH ROW EXECUTE FUNCTION fail_versions()"
+        )
+    try:
+        r = api.post(
+            f"/v1/patients/{pid}/notes", dr.token, {"kind": "other", "body": note["secret"]}
+        )
+        assert r.status_code == 500 and note["secret"] not in r.get_data(as_text=True)
+    finally:
+        with psycopg.connect(faults.owner_url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER fail_versions ON note_versions")
+            conn.execute("DROP FUNCTION fail_versions()")
+    assert counts() == before
+
+    faults.bao.seal()
+    try:
+        r = api.post(f"/v1/patients/{pid}/notes", dr.token, {"kind": "other", "body": "x"})
+        # The patient's key is cached (1 s TTL) or Vault is asked: either way, atomic.
+        assert r.status_code in (201, 503)
+        time.sleep(1.1)
+        r = api.post(f"/v1/patients/{pid}/notes", dr.token, {"kind": "other", "body": "x"})
+        assert r.status_code == 503
+    finally:
+        faults.bao.unseal()
+    after = counts()
+    created = after[0] - before[0]
+    assert created in (0, 1) and after == (
+        before[0] + created,
+        before[1] + created,
+        before[2] + created,
+    )

@@ -1,0 +1,67 @@
+"""The redaction layer of the logs: tokens, Vault material and exception messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from service.logs import RedactingJsonFormatter, RedactionFilter, redact, safe_trace
+
+
+def test_redacts_bearer_tokens_vault_tokens_and_ciphertexts() -> None:
+    text = (
+        "Authorization: Bearer snt_AbCdEf0123456789_-xyz token=hvs.CAESIJ0123456789abcdefghij "
+        "wrapped=vault:v3:QUJDREVGR0hJSktMTU5PUA== secret_id=1234-abcd password=hunter2"
+    )
+    out = redact(text)
+    for secret in (
+        "snt_AbCdEf0123456789_-xyz",
+        "hvs.CAESIJ0123456789abcdefghij",
+        "QUJDREVGR0hJSktMTU5PUA==",
+        "1234-abcd",
+        "hunter2",
+    ):
+        assert secret not in out
+    assert "vault:v?:[REDACTED]" in out
+
+
+def record_with_exception(message: str) -> logging.LogRecord:
+    try:
+        try:
+            raise ValueError(f"bad value {message!r}")
+        except ValueError as inner:
+            raise RuntimeError(f"wrapped {message}") from inner
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord("t", logging.ERROR, __file__, 1, "failed %s", ("x",), exc_info)
+
+
+def test_exception_traces_keep_frames_and_types_but_never_messages() -> None:
+    record = record_with_exception("CANARY-secret-body")
+    line = RedactingJsonFormatter().format(record)
+    entry = json.loads(line)
+    assert "CANARY" not in line
+    assert entry["msg"] == "failed x"
+    assert "RuntimeError" in entry["exc"] and "ValueError" in entry["exc"]
+    assert "test_logs.py" in entry["exc"]
+    assert safe_trace(record.exc_info).count("caused by") == 1
+
+
+def test_filter_scrubs_foreign_formats() -> None:
+    record = record_with_exception("CANARY-x")
+    record.msg, record.args = "GET with snt_0123456789abcdef", ()
+    assert RedactionFilter().filter(record)
+    assert "snt_0123456789abcdef" not in record.msg and "CANARY" not in record.msg
+    assert record.exc_info is None
+
+
+def test_request_id_is_attached() -> None:
+    from service.logs import request_id_var
+
+    token = request_id_var.set("rid-42")
+    try:
+        rec = logging.LogRecord("t", logging.INFO, __file__, 1, "hello", (), None)
+        assert json.loads(RedactingJsonFormatter().format(rec))["request_id"] == "rid-42"
+    finally:
+        request_id_var.reset(token)
