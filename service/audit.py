@@ -114,8 +114,22 @@ class AuditService:
         total = sum(seq for seq, _ in heads.values())
         with self._store.transaction() as tx:
             cid = tx.insert_checkpoint(now, total, payload, signature)
-        log.info("audit checkpoint %s signed: %s records", cid, total)
-        return {"id": cid, "created_at": now.isoformat(), "total": total}
+        # The signed payload holds only hashes: publish it (log, WORM store) so that a
+        # database administrator cannot quietly delete the latest checkpoints.
+        log.info(
+            "audit checkpoint %s signed: %s records payload=%s signature=%s",
+            cid,
+            total,
+            payload,
+            signature,
+        )
+        return {
+            "id": cid,
+            "created_at": now.isoformat(),
+            "total": total,
+            "payload": payload,
+            "signature": signature,
+        }
 
     def verify(self) -> VerifyReport:
         started = time.perf_counter()

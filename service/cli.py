@@ -295,6 +295,20 @@ def keys_rotate(tenant_name: str | None, retire_old: bool, batch: int, as_json: 
         sys.exit(1)
 
 
+@keys.command("retire")
+@click.option("--tenant", "tenant_name", default=None, help="Only this tenant (default: all).")
+@click.option("--json", "as_json", is_flag=True)
+def keys_retire(tenant_name: str | None, as_json: bool) -> None:
+    """Retire old Transit key versions (no rotation); refuses while keys are still old."""
+    with _errors():
+        retired = _services().keyops.retire(tenant_name)
+    if as_json:
+        click.echo(json.dumps({"tenants": retired}))
+    else:
+        for r in retired:
+            click.echo(f"{r['tenant']}: versions below v{r['min_decryption_version']} retired")
+
+
 @keys.command("status")
 @click.option("--json", "as_json", is_flag=True)
 def keys_status(as_json: bool) -> None:
@@ -317,9 +331,15 @@ def patients() -> None:
     """Crypto-shred or re-key a patient (ops, audited)."""
 
 
+def _reason(_ctx: Any, _param: Any, value: str) -> str:
+    if not 10 <= len(value.strip()) <= 2000:
+        raise click.BadParameter("give 10 to 2000 characters (it is kept in the audit log)")
+    return value.strip()
+
+
 @patients.command("shred")
 @click.argument("patient_id")
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, callback=_reason)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True)
 def patients_shred(patient_id: str, reason: str, yes: bool, as_json: bool) -> None:
@@ -337,7 +357,7 @@ def patients_shred(patient_id: str, reason: str, yes: bool, as_json: bool) -> No
 
 @patients.command("rekey")
 @click.argument("patient_id")
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, callback=_reason)
 @click.option("--json", "as_json", is_flag=True)
 def patients_rekey(patient_id: str, reason: str, as_json: bool) -> None:
     """New data key for one patient; every note version re-encrypted."""

@@ -236,6 +236,32 @@ class KeyOperations:
             progress(report.rewrapped, total)
         return changed
 
+    def retire(self, tenant_name: str | None = None) -> list[dict[str, Any]]:
+        """Raise min_decryption_version to the latest version, without rotating, for
+        tenants whose wrapped keys are all on the latest version."""
+        with self._store.transaction() as tx:
+            tenants = (
+                tx.all_tenants()
+                if tenant_name is None
+                else [t for t in [tx.tenant_by_name(tenant_name)] if t is not None]
+            )
+            if tenant_name is not None and not tenants:
+                raise NotFound(f"No tenant named {tenant_name!r}")
+            counts = {t.id: tx.key_version_counts(t.id) for t in tenants}
+        out = []
+        for t in tenants:
+            latest = self._keys.dek_key_info(t.id)["latest_version"]
+            old = sum(n for v, n in counts[t.id].items() if v < latest)
+            if old:
+                raise Conflict(
+                    f"{old} wrapped keys of tenant {t.name!r} are on old versions: "
+                    "run `sealednotes keys rotate` (it resumes) first"
+                )
+            self._keys.set_min_decryption_version(t.id, latest)
+            self._record("keys.retire", t.id, f"min_decryption_version=v{latest}")
+            out.append({"tenant": t.name, "tenant_id": t.id, "min_decryption_version": latest})
+        return out
+
     def _record(self, action: str, tenant_id: str, reason: str, outcome: str = "granted") -> None:
         with self._store.transaction() as tx:
             self._audit.record(

@@ -143,6 +143,11 @@ class VaultKeyService:
             # Transit answers 400 when a ciphertext fails authentication
             # (wrong derivation context, tampered or foreign ciphertext).
             raise DecryptionError() from e
+        except hvac.exceptions.Forbidden as e:
+            log.warning("vault refused the operation (policy): %s", type(e).__name__)
+            raise KeyServiceUnavailable(
+                "Vault refused the operation: the credentials' policy does not allow it"
+            ) from e
         except hvac.exceptions.VaultError as e:
             log.warning("vault error: %s", type(e).__name__)
             raise KeyServiceUnavailable() from e

@@ -87,6 +87,11 @@ path "transit/keys/*" {
 
 # Re-encrypt every wrapped patient key under the newest key version, in
 # batches, without seeing a plaintext key.
+# Check audit checkpoints (`sealednotes audit verify`); signing stays with the service.
+path "transit/verify/sealednotes-audit" {
+  capabilities = ["update"]
+}
+
 path "transit/rewrap/sealednotes-dek-*" {
   capabilities = ["update"]
 }

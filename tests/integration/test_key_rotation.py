@@ -129,6 +129,12 @@ def test_rotation_killed_halfway_resumes_without_loss(
     halfway = key_versions(db_url, t.id)
     assert halfway.get(1, 0) > 0 and halfway.get(2, 0) > 0, halfway  # really killed halfway
 
+    refused = subprocess.run(
+        [exe, "keys", "retire", "--tenant", t.name, "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert refused.returncode != 0 and "old versions" in refused.stderr  # not while half done
+
     result = subprocess.run(
         [exe, "keys", "rotate", "--tenant", t.name, "--retire-old", "--json"],
         env=env,
