@@ -6,7 +6,10 @@ a shard, records are numbered 1, 2, 3... with no gaps (the writer holds the
 shard's lock until its transaction commits) and each record's hash covers the
 previous record's hash and every field of the record:
 
-    hash_n = SHA-256(hash_{n-1} || canonical(shard, seq, at, fields...))
+    hash_n = SHA-256(hash_{n-1} || int64_be(n) || canonical(shard, at, fields...))
+
+(the database computes this server-side in `sealednotes_audit_append`; the
+verifier recomputes it here).
 
 Checkpoints sign the head (seq, hash) of every shard with a Vault Transit
 ed25519 key. `ChainVerifier` recomputes every chain and checks it against
@@ -46,15 +49,15 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def canonical(shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
-    values = [shard, seq, _iso(at)] + [
-        None if fields.get(k) is None else str(fields[k]) for k in FIELDS
-    ]
+def canonical(shard: int, at: datetime, fields: dict[str, Any]) -> bytes:
+    values = [shard, _iso(at)] + [None if fields.get(k) is None else str(fields[k]) for k in FIELDS]
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def link(prev_hash: bytes, shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
-    return hashlib.sha256(prev_hash + canonical(shard, seq, at, fields)).digest()
+    return hashlib.sha256(
+        prev_hash + seq.to_bytes(8, "big", signed=True) + canonical(shard, at, fields)
+    ).digest()
 
 
 def checkpoint_payload(

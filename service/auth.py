@@ -34,7 +34,7 @@ def parse_bearer(header: str | None) -> str:
 
 def authenticate(store: Store, clock: Clock, header: str | None) -> Principal:
     token = parse_bearer(header)
-    with store.transaction() as tx:
+    with store.autocommit() as tx:
         principal = tx.principal_by_token(hash_token(token), clock.now())
     if principal is None:
         raise Unauthorized("The token is invalid, expired or revoked")

@@ -677,24 +677,19 @@ class Tx:
             "client_addr": event.client_addr,
         }
         try:
-            # The shard lock is held until commit, so committed records of a
-            # shard always form a gapless prefix. Separate statements: the head
-            # must be read with a snapshot taken after the lock is granted.
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (AUDIT_LOCK_CLASS, shard))
-            head = self._one(
-                "SELECT seq, hash FROM audit_events WHERE shard = %s ORDER BY seq DESC LIMIT 1",
-                (shard,),
-            )
-            seq = head["seq"] + 1 if head else 1
-            prev = bytes(head["hash"]) if head else auditchain.GENESIS
-            digest = auditchain.link(prev, shard, seq, now, fields)
+            # One round trip: the function takes the shard's lock (held until commit,
+            # so committed records of a shard are always a gapless prefix), reads the
+            # head and inserts the chained record.
             self.conn.execute(
-                "INSERT INTO audit_events (shard, seq, prev_hash, hash, at, tenant_id,"
-                " principal_id, role, patient_id, note_id, action, outcome, reason, request_id,"
-                " client_addr) VALUES (%(shard)s, %(seq)s, %(prev)s, %(hash)s, %(at)s,"
-                " %(tenant_id)s, %(principal_id)s, %(role)s, %(patient_id)s, %(note_id)s,"
-                " %(action)s, %(outcome)s, %(reason)s, %(request_id)s, %(client_addr)s)",
-                {"shard": shard, "seq": seq, "prev": prev, "hash": digest, "at": now, **fields},
+                "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s)",
+                (
+                    AUDIT_LOCK_CLASS,
+                    shard,
+                    auditchain.canonical(shard, now, fields),
+                    now,
+                    *(fields[k] for k in auditchain.FIELDS),
+                ),
             )
         except psycopg.Error as e:
             log.error("audit write failed: %s", type(e).__name__)
@@ -862,10 +857,27 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        """One transaction: committed at the end of the block, rolled back on error
+        (unless the use case called `tx.commit()` first, e.g. to keep a denial)."""
+        with self._connection() as conn:
+            yield Tx(conn)
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Tx]:
+        """For a single read-only statement: one round trip, no BEGIN/COMMIT."""
+        with self._connection() as conn:
+            conn.autocommit = True
+            try:
+                yield Tx(conn)
+            finally:
+                conn.autocommit = False
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         deadline.check()
         try:
             with self.pool().connection() as conn:
-                yield Tx(conn)
+                yield conn
         except ServiceError:
             raise
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:

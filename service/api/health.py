@@ -21,7 +21,7 @@ def healthz() -> Response:
 def readyz() -> tuple[Response, int]:
     svc = services()
     try:
-        with svc.store.transaction() as tx:
+        with svc.store.autocommit() as tx:
             tx.ping()
         database = {"ok": True}
     except Exception:
