@@ -39,7 +39,7 @@ from service.errors import (
 )
 from service.keycache import KeyCache, cache_key
 from service.metrics import Metrics
-from service.models import BudgetUsage, Patient, Principal
+from service.models import BudgetUsage, GateSnapshot, Patient, Principal
 from service.store import DAY, HOUR, Tx
 
 log = logging.getLogger(__name__)
@@ -153,14 +153,13 @@ class KeyReleaseGate:
         *,
         action: str,
         note_id: str | None,
-    ) -> tuple[Patient, str]:
-        """Identity, suspension, object access and the decoy trap."""
+    ) -> tuple[Patient, str, GateSnapshot]:
+        """Identity, suspension, object access and the decoy trap (one read)."""
         p = caller.principal
-        current = tx.principal(p.id)
-        if current is None or current.suspended:
+        snap = tx.gate_snapshot(p.id, p.tenant_id, patient_id, now)
+        if not snap.principal_found or snap.suspended:
             raise AccountSuspended()
-        patient = tx.patient(p.tenant_id, patient_id)
-        care, glass = tx.access_to_patient(p.id, patient_id, now) if patient else (False, False)
+        patient, care, glass = snap.patient, snap.on_care_team, snap.break_glass
         if patient is None or not (care or glass):
             # A forbidden patient and a nonexistent one look the same to the caller.
             self._audit.record(
@@ -177,6 +176,9 @@ class KeyReleaseGate:
             self._deny_and_commit(tx, NotFound())
         assert patient is not None
         if patient.is_decoy:
+            # Suspend (principal row lock) before auditing (shard lock): the same lock
+            # order as the release path, so the two never deadlock.
+            self._suspend(tx, caller, now, cause="decoy-patient", patient_id=patient.id)
             self._audit.record(
                 tx,
                 now,
@@ -187,7 +189,6 @@ class KeyReleaseGate:
                 note_id=note_id,
                 reason="decoy-patient",
             )
-            self._suspend(tx, caller, now, cause="decoy-patient", patient_id=patient.id)
             self._alerts.emit(
                 "decoy-accessed", tenant_id=p.tenant_id, principal_id=p.id, patient_id=patient.id
             )
@@ -205,10 +206,17 @@ class KeyReleaseGate:
                 reason="patient-shredded",
             )
             self._deny_and_commit(tx, Gone())
-        return patient, ("care-team" if care else "break-glass")
+        return patient, ("care-team" if care else "break-glass"), snap
 
-    def _unwrap(self, tx: Tx, patient: Patient, *, for_write: bool = False) -> bytes | None:
-        row = tx.patient_key(patient.id, for_share=for_write)
+    def _unwrap(
+        self,
+        tx: Tx,
+        patient: Patient,
+        *,
+        for_write: bool = False,
+        snapshot: GateSnapshot | None = None,
+    ) -> bytes | None:
+        row = snapshot.key if snapshot else tx.patient_key(patient.id, for_share=for_write)
         if row is None:
             return None
         ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
@@ -232,12 +240,12 @@ class KeyReleaseGate:
     # -- budget -----------------------------------------------------------------------
 
     def _charge_budget(
-        self, tx: Tx, caller: Caller, patient_id: str, now: datetime
+        self, tx: Tx, caller: Caller, patient_id: str, now: datetime, seen: BudgetUsage
     ) -> tuple[BudgetUsage, BudgetExceeded | None]:
         # Releases are counted in windows that end "now" with no upper bound, so a
         # release committed by a request that started after this one still counts.
         p = caller.principal
-        usage = tx.budget_usage(p.id, p.tenant_id, patient_id, now)
+        usage = seen
         if usage.patient_in_hour:
             return usage, None  # already released within the hour: free
         # A new distinct patient: serialise on the principal and the tenant budget,
@@ -332,15 +340,17 @@ class KeyReleaseGate:
     ) -> Release:
         """Release a patient's data key for reading, or raise (after auditing)."""
         now = self._clock.now()
-        patient, via = self._access(tx, caller, patient_id, now, action=action, note_id=note_id)
+        patient, via, snap = self._access(
+            tx, caller, patient_id, now, action=action, note_id=note_id
+        )
         if via == "care-team":
-            usage, exceeded = self._charge_budget(tx, caller, patient.id, now)
+            usage, exceeded = self._charge_budget(tx, caller, patient.id, now, snap.usage)
             if exceeded is not None:
                 self._throttle(tx, caller, patient.id, note_id, action, exceeded, now)
         else:
             # Break-glass has its own budget, charged when it was opened.
-            usage = tx.budget_usage(caller.principal.id, caller.principal.tenant_id, None, now)
-        key = self._unwrap(tx, patient)
+            usage = snap.usage
+        key = self._unwrap(tx, patient, snapshot=snap)
         self._audit.record(
             tx,
             now,
@@ -368,7 +378,9 @@ class KeyReleaseGate:
         The caller audits the write itself, once it knows the note id.
         """
         now = self._clock.now()
-        patient, _via = self._access(tx, caller, patient_id, now, action=action, note_id=note_id)
+        patient, _via, _snap = self._access(
+            tx, caller, patient_id, now, action=action, note_id=note_id
+        )
         key = self._unwrap(tx, patient, for_write=True)
         if key is not None:
             return patient, key
@@ -392,7 +404,9 @@ class KeyReleaseGate:
     def check_metadata_access(self, tx: Tx, caller: Caller, patient_id: str) -> Patient:
         """Access check for metadata-only reads: audited, no key release, no budget."""
         now = self._clock.now()
-        patient, via = self._access(tx, caller, patient_id, now, action="note.list", note_id=None)
+        patient, via, _snap = self._access(
+            tx, caller, patient_id, now, action="note.list", note_id=None
+        )
         self._audit.record(
             tx,
             now,

@@ -89,6 +89,19 @@ class AuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class GateSnapshot:
+    """Everything the key-release gate needs, read in one statement."""
+
+    principal_found: bool
+    suspended: bool
+    patient: Patient | None
+    on_care_team: bool
+    break_glass: bool
+    usage: BudgetUsage
+    key: PatientKeyRow | None
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetUsage:
     """Distinct patients released in the sliding windows, before this request."""
 

@@ -263,11 +263,14 @@ class NotesService:
     def read(self, caller: Caller, note_id: str) -> tuple[NoteView, BudgetStatus]:
         _require_clinician(caller)
         with self._store.transaction() as tx:
-            note = self._note_or_404(tx, caller, note_id, "note.read")
+            found = tx.note_with_current_version(caller.principal.tenant_id, note_id)
+            if found is None:
+                self._note_or_404(tx, caller, note_id, "note.read")  # audits, raises 404
+            assert found is not None
+            note, row = found
             release = self._gate.release(
                 tx, caller, note.patient_id, action="note.read", note_id=note.id
             )
-            row = tx.note_version(note.id, note.current_version)
         if row is None:
             raise IntegrityFailure()
         return NoteView(note, self._decrypt(release.key, note, row)), release.budget

@@ -28,6 +28,7 @@ from service.errors import AuditUnavailable, DatabaseUnavailable, ServiceError
 from service.models import (
     AuditEvent,
     BudgetUsage,
+    GateSnapshot,
     NoteRow,
     NoteVersionRow,
     Patient,
@@ -39,6 +40,7 @@ from service.models import (
 
 log = logging.getLogger(__name__)
 
+_NO_USAGE = BudgetUsage(0, 0, 0, False, False, None, None, None)
 AUDIT_LOCK_CLASS = 0x5EA1  # advisory-lock namespace of the audit shards
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -327,6 +329,89 @@ class Tx:
         return [r["opened_at"] for r in rows]
 
     # -- key-release budget -----------------------------------------------------------
+
+    def gate_snapshot(
+        self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
+    ) -> GateSnapshot:
+        """Suspension, patient, care team, break-glass, this principal's budget usage and
+        the wrapped key: one round trip for the common (warm) read. The tenant-wide
+        count is left out: it is only needed, under lock, for a new release."""
+        row = self._one(
+            """
+            WITH mine AS (
+                SELECT patient_id, released_at FROM key_releases
+                WHERE principal_id = %(p)s AND released_at > %(day_ago)s
+            )
+            SELECT
+              pr.suspended_at,
+              pt.id AS pt_id, pt.tenant_id AS pt_tenant, pt.is_decoy, pt.shredded_at,
+              pt.created_at AS pt_created,
+              EXISTS (SELECT 1 FROM care_team c WHERE c.patient_id = %(pt)s
+                        AND c.principal_id = %(p)s AND (c.until IS NULL OR c.until > %(now)s))
+                AS care,
+              EXISTS (SELECT 1 FROM break_glass b WHERE b.patient_id = %(pt)s
+                        AND b.principal_id = %(p)s AND b.opened_at <= %(now)s
+                        AND b.expires_at > %(now)s) AS glass,
+              k.wrapped_key, k.key_version,
+              (SELECT count(DISTINCT patient_id) FROM mine
+                 WHERE released_at > %(hour_ago)s) AS hour,
+              (SELECT count(DISTINCT patient_id) FROM mine) AS day,
+              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s
+                        AND released_at > %(hour_ago)s) AS patient_in_hour,
+              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s) AS patient_in_day,
+              (SELECT min(released_at) FROM mine WHERE released_at > %(hour_ago)s)
+                AS hour_oldest,
+              (SELECT min(released_at) FROM mine) AS day_oldest
+            FROM principals pr
+            LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s
+            LEFT JOIN patient_keys k ON k.patient_id = pt.id
+            WHERE pr.id = %(p)s
+            """,
+            {
+                "p": principal_id,
+                "t": tenant_id,
+                "pt": patient_id,
+                "now": now,
+                "hour_ago": now - HOUR,
+                "day_ago": now - DAY,
+            },
+        )
+        if row is None:
+            return GateSnapshot(False, True, None, False, False, _NO_USAGE, None)
+        patient = (
+            Patient(
+                id=str(row["pt_id"]),
+                tenant_id=str(row["pt_tenant"]),
+                is_decoy=row["is_decoy"],
+                shredded_at=row["shredded_at"],
+                created_at=row["pt_created"],
+            )
+            if row["pt_id"] is not None
+            else None
+        )
+        key = (
+            PatientKeyRow(str(row["pt_id"]), row["wrapped_key"], row["key_version"])
+            if row["wrapped_key"] is not None
+            else None
+        )
+        return GateSnapshot(
+            principal_found=True,
+            suspended=row["suspended_at"] is not None,
+            patient=patient,
+            on_care_team=bool(row["care"]) and patient is not None,
+            break_glass=bool(row["glass"]) and patient is not None,
+            usage=BudgetUsage(
+                hour=row["hour"],
+                day=row["day"],
+                tenant_hour=0,
+                patient_in_hour=row["patient_in_hour"],
+                patient_in_day=row["patient_in_day"],
+                hour_oldest=row["hour_oldest"],
+                day_oldest=row["day_oldest"],
+                tenant_oldest=None,
+            ),
+            key=key,
+        )
 
     def lock_tenant_budget(self, tenant_id: str) -> None:
         # Serialises new releases within a tenant so the tenant cap is exact.
@@ -633,6 +718,32 @@ class Tx:
             (now, note_id),
         )
         return cur.rowcount == 1
+
+    def note_with_current_version(
+        self, tenant_id: str, note_id: str
+    ) -> tuple[NoteRow, NoteVersionRow | None] | None:
+        row = self._one(
+            "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
+            " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
+            " v.note_id, v.version, v.sealed, v.author_id, v.created_at AS v_created_at "
+            "FROM notes n LEFT JOIN note_versions v ON v.note_id = n.id"
+            " AND v.version = n.current_version WHERE n.tenant_id = %s AND n.id = %s",
+            (tenant_id, note_id),
+        )
+        if row is None:
+            return None
+        version = (
+            NoteVersionRow(
+                note_id=str(row["note_id"]),
+                version=row["version"],
+                sealed=bytes(row["sealed"]),
+                author_id=str(row["author_id"]),
+                created_at=row["v_created_at"],
+            )
+            if row["note_id"] is not None
+            else None
+        )
+        return _note(row), version
 
     def note_version(self, note_id: str, version: int) -> NoteVersionRow | None:
         row = self._one(
