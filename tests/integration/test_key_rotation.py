@@ -131,7 +131,11 @@ def test_rotation_killed_halfway_resumes_without_loss(
 
     refused = subprocess.run(
         [exe, "keys", "retire", "--tenant", t.name, "--json"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert refused.returncode != 0 and "old versions" in refused.stderr  # not while half done
 
