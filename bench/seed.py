@@ -1,0 +1,238 @@
+"""Seed data shared by all three systems, and the request lists built from it.
+
+Sealed Notes is seeded through its own use cases (principals, patients, care
+teams, notes), as the service role, so every row, key and audit record is what
+the API would have written. The comparison peers get the *same* bearer tokens
+(stored by SHA-256) and the *same* note ids, so one request list drives all
+three servers.
+
+After seeding, each clinician has read each of its patients once: every patient
+is "released this hour" to its clinician, so the benchmarked reads are the warm,
+budget-free re-reads of a working day (budgets are raised anyway so nothing can
+throttle).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import hvac
+import psycopg
+
+from bench.loadgen import HttpRequest
+from bench.peers import SCHEMA, TRANSIT_KEY, TRANSIT_MOUNT, encode_content, transit_context
+from bench.stack import Stack
+from service.app import build_services
+from service.audit import Caller
+from service.auth import authenticate
+from service.config import Budgets, Settings
+from service.models import Role
+from service.notes import NoteContent
+
+TENANT = "bench"
+BIG_BUDGET = 1_000_000
+SENTENCES = (
+    "Patient seen in clinic for routine follow-up.",
+    "Reports improved sleep and appetite since the last visit.",
+    "Vital signs within normal limits; no acute distress.",
+    "Medication reconciled; no changes today.",
+    "Plan: continue current management and review in four weeks.",
+)
+
+
+def synthetic_body(chars: int, seed: int) -> str:
+    """Deterministic, obviously synthetic note text of exactly `chars` characters."""
+    parts: list[str] = [f"[synthetic bench note {seed}]"]
+    i = seed
+    while sum(len(p) + 1 for p in parts) < chars:
+        parts.append(SENTENCES[i % len(SENTENCES)])
+        i += 1
+    return " ".join(parts)[:chars]
+
+
+@dataclass(frozen=True)
+class Clinician:
+    id: str
+    token: str = field(repr=False)
+    patients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SeededNote:
+    id: str
+    patient_id: str
+    clinician: int  # index into Dataset.clinicians
+    title: str
+    body: str = field(repr=False)
+
+
+@dataclass
+class Dataset:
+    tenant_id: str
+    clinicians: list[Clinician]
+    notes: list[SeededNote]
+    body_chars: int
+
+    def read_requests(self) -> list[HttpRequest]:
+        """GET /v1/notes/{id}, each with its own clinician's token, clinicians interleaved."""
+        by_clinician: dict[int, list[SeededNote]] = {}
+        for note in self.notes:
+            by_clinician.setdefault(note.clinician, []).append(note)
+        out: list[HttpRequest] = []
+        for round_ in range(max(len(v) for v in by_clinician.values())):
+            for idx, notes in sorted(by_clinician.items()):
+                if round_ < len(notes):
+                    token = self.clinicians[idx].token
+                    out.append(HttpRequest.get(f"/v1/notes/{notes[round_].id}", token))
+        return out
+
+    def create_requests(self) -> list[HttpRequest]:
+        """POST /v1/patients/{id}/notes with a note of `body_chars` characters,
+        for patients that already have a data key, clinicians interleaved."""
+        out: list[HttpRequest] = []
+        width = max(len(c.patients) for c in self.clinicians)
+        for j in range(width):
+            for i, c in enumerate(self.clinicians):
+                if j < len(c.patients):
+                    payload = {
+                        "kind": "progress",
+                        "title": f"Bench follow-up {i}-{j}",
+                        "body": synthetic_body(self.body_chars, 1000 + i * width + j),
+                    }
+                    out.append(
+                        HttpRequest.post_json(
+                            f"/v1/patients/{c.patients[j]}/notes", c.token, payload
+                        )
+                    )
+        return out
+
+
+def bench_settings(stack: Stack, *, pool_max: int = 4) -> Settings:
+    """In-process settings for seeding and tracing: the service role, raised budgets."""
+    return Settings(
+        database_url=stack.app_url,
+        vault_addr=stack.bao.addr,
+        vault_token=stack.bao.root_token,
+        pool_min=1,
+        pool_max=pool_max,
+        audit_checkpoint_seconds=0,
+        budgets=Budgets(per_hour=BIG_BUDGET, per_day=BIG_BUDGET, tenant_per_hour=BIG_BUDGET),
+    )
+
+
+def seed_sealednotes(
+    stack: Stack, *, clinicians: int, patients_per_clinician: int, body_chars: int
+) -> Dataset:
+    """Tenant, clinicians with tokens, patients on their care teams, one note per
+    patient (so every patient has a data key), each read once by its clinician."""
+    svc = build_services(bench_settings(stack))
+    try:
+        tenant = svc.principals.create_tenant(TENANT)
+        integration_token = svc.principals.create_principal(
+            TENANT, "bench-integration", Role.INTEGRATION
+        ).token
+        integration = Caller(
+            authenticate(svc.store, svc.clock, "Bearer " + integration_token), None, "127.0.0.1"
+        )
+        people: list[Clinician] = []
+        notes: list[SeededNote] = []
+        for i in range(clinicians):
+            issued = svc.principals.create_principal(TENANT, f"bench-clinician-{i}", Role.CLINICIAN)
+            caller = Caller(
+                authenticate(svc.store, svc.clock, "Bearer " + issued.token), None, "127.0.0.1"
+            )
+            patient_ids: list[str] = []
+            for j in range(patients_per_clinician):
+                patient = svc.patients.create(integration, f"BENCH-{i:04d}-{j:04d}")
+                svc.patients.set_care_team(integration, patient.id, issued.principal_id, None)
+                title = f"Bench note {i}-{j}"
+                body = synthetic_body(body_chars, i * patients_per_clinician + j)
+                note, _ = svc.notes.create(
+                    caller,
+                    patient.id,
+                    kind="progress",
+                    content=NoteContent(title=title, body=body),
+                    encounter_at=None,
+                )
+                view, _budget = svc.notes.read(caller, note.id)  # released this hour
+                assert view.content is not None and view.content.body == body
+                patient_ids.append(patient.id)
+                notes.append(SeededNote(note.id, patient.id, i, title, body))
+            people.append(Clinician(issued.principal_id, issued.token, tuple(patient_ids)))
+        return Dataset(tenant.id, people, notes, body_chars)
+    finally:
+        svc.store.close()
+
+
+def seed_peers(stack: Stack, data: Dataset) -> None:
+    """The comparison peers' tables: same tokens (by hash), same note ids and text;
+    the Transit peer's copy encrypted by Transit (derived key, context = patient)."""
+    vault = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token, timeout=5)
+    vault.secrets.transit.create_key(
+        name=TRANSIT_KEY, key_type="aes256-gcm96", derived=True, mount_point=TRANSIT_MOUNT
+    )
+    expires = datetime.now(UTC) + timedelta(days=1)
+    with psycopg.connect(stack.owner_url) as conn:
+        conn.execute(SCHEMA.encode())
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO bench_peer_tokens (token_hash, principal_id, tenant_id, expires_at)"
+                " VALUES (%s, %s, %s, %s)",
+                [
+                    (hashlib.sha256(c.token.encode()).digest(), c.id, data.tenant_id, expires)
+                    for c in data.clinicians
+                ],
+            )
+            cur.executemany(
+                "INSERT INTO bench_peer_plaintext_notes"
+                " (id, tenant_id, patient_id, kind, title, body, created_by)"
+                " VALUES (%s, %s, %s, 'progress', %s, %s, %s)",
+                [
+                    (
+                        n.id,
+                        data.tenant_id,
+                        n.patient_id,
+                        n.title,
+                        n.body,
+                        data.clinicians[n.clinician].id,
+                    )
+                    for n in data.notes
+                ],
+            )
+            sealed_rows = []
+            for n in data.notes:
+                resp = vault.secrets.transit.encrypt_data(
+                    name=TRANSIT_KEY,
+                    plaintext=base64.b64encode(encode_content(n.title, n.body)).decode(),
+                    context=transit_context(n.patient_id),
+                    mount_point=TRANSIT_MOUNT,
+                )
+                sealed_rows.append(
+                    (
+                        n.id,
+                        data.tenant_id,
+                        n.patient_id,
+                        resp["data"]["ciphertext"],
+                        data.clinicians[n.clinician].id,
+                    )
+                )
+            cur.executemany(
+                "INSERT INTO bench_peer_transit_notes"
+                " (id, tenant_id, patient_id, kind, sealed, created_by)"
+                " VALUES (%s, %s, %s, 'progress', %s, %s)",
+                sealed_rows,
+            )
+        conn.commit()
+
+
+def check_response_body(raw: bytes, note: SeededNote) -> bool:
+    """A read answered the seeded text (used by the pre-flight check)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return False
+    return bool(data.get("id") == note.id and data.get("body") == note.body)
