@@ -1,12 +1,12 @@
 """Tamper evidence for the access log: pure functions, no I/O.
 
-Records are appended to one of `SHARDS` hash chains (the shard is picked per
-database connection, so concurrent writers rarely wait for each other). Within
+Records are appended to one of `SHARDS` hash chains (a transaction takes the
+first shard nobody else holds, so concurrent writers rarely wait for each other). Within
 a shard, records are numbered 1, 2, 3... with no gaps (the writer holds the
 shard's lock until its transaction commits) and each record's hash covers the
 previous record's hash and every field of the record:
 
-    hash_n = SHA-256(hash_{n-1} || int64_be(n) || canonical(shard, at, fields...))
+    hash_n = SHA-256(hash_{n-1} || int32_be(shard) || int64_be(n) || canonical(at, fields...))
 
 (the database computes this server-side in `sealednotes_audit_append`; the
 verifier recomputes it here).
@@ -49,14 +49,17 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def canonical(shard: int, at: datetime, fields: dict[str, Any]) -> bytes:
-    values = [shard, _iso(at)] + [None if fields.get(k) is None else str(fields[k]) for k in FIELDS]
+def canonical(at: datetime, fields: dict[str, Any]) -> bytes:
+    values = [_iso(at)] + [None if fields.get(k) is None else str(fields[k]) for k in FIELDS]
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def link(prev_hash: bytes, shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
     return hashlib.sha256(
-        prev_hash + seq.to_bytes(8, "big", signed=True) + canonical(shard, at, fields)
+        prev_hash
+        + shard.to_bytes(4, "big", signed=True)
+        + seq.to_bytes(8, "big", signed=True)
+        + canonical(at, fields)
     ).digest()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -41,6 +43,7 @@ from service.models import (
 log = logging.getLogger(__name__)
 
 _NO_USAGE = BudgetUsage(0, 0, 0, False, False, None, None, None)
+IDLE_CHECK_SECONDS = 2.0
 AUDIT_LOCK_CLASS = 0x5EA1  # advisory-lock namespace of the audit shards
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -338,10 +341,6 @@ class Tx:
         count is left out: it is only needed, under lock, for a new release."""
         row = self._one(
             """
-            WITH mine AS (
-                SELECT patient_id, released_at FROM key_releases
-                WHERE principal_id = %(p)s AND released_at > %(day_ago)s
-            )
             SELECT
               pr.suspended_at,
               pt.id AS pt_id, pt.tenant_id AS pt_tenant, pt.is_decoy, pt.shredded_at,
@@ -353,18 +352,23 @@ class Tx:
                         AND b.principal_id = %(p)s AND b.opened_at <= %(now)s
                         AND b.expires_at > %(now)s) AS glass,
               k.wrapped_key, k.key_version,
-              (SELECT count(DISTINCT patient_id) FROM mine
-                 WHERE released_at > %(hour_ago)s) AS hour,
-              (SELECT count(DISTINCT patient_id) FROM mine) AS day,
-              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s
-                        AND released_at > %(hour_ago)s) AS patient_in_hour,
-              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s) AS patient_in_day,
-              (SELECT min(released_at) FROM mine WHERE released_at > %(hour_ago)s)
-                AS hour_oldest,
-              (SELECT min(released_at) FROM mine) AS day_oldest
+              u.hour, u.day, u.patient_in_hour, u.patient_in_day, u.hour_oldest, u.day_oldest
             FROM principals pr
             LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s
             LEFT JOIN patient_keys k ON k.patient_id = pt.id
+            CROSS JOIN LATERAL (
+              -- one pass over this principal's releases of the last day
+              SELECT
+                count(DISTINCT patient_id) FILTER (WHERE released_at > %(hour_ago)s) AS hour,
+                count(DISTINCT patient_id) AS day,
+                coalesce(bool_or(patient_id = %(pt)s AND released_at > %(hour_ago)s), false)
+                  AS patient_in_hour,
+                coalesce(bool_or(patient_id = %(pt)s), false) AS patient_in_day,
+                min(released_at) FILTER (WHERE released_at > %(hour_ago)s) AS hour_oldest,
+                min(released_at) AS day_oldest
+              FROM key_releases
+              WHERE principal_id = %(p)s AND released_at > %(day_ago)s
+            ) u
             WHERE pr.id = %(p)s
             """,
             {
@@ -773,8 +777,8 @@ class Tx:
     # -- audit -----------------------------------------------------------------------
 
     def insert_audit_event(self, event: AuditEvent, now: datetime) -> None:
-        """Append to this connection's audit chain. Fails closed: AuditUnavailable."""
-        shard = self.conn.info.backend_pid % auditchain.SHARDS
+        """Append to an audit chain. Fails closed: AuditUnavailable."""
+        preferred = self.conn.info.backend_pid % auditchain.SHARDS
         fields = {
             "tenant_id": event.tenant_id,
             "principal_id": event.principal_id,
@@ -796,8 +800,8 @@ class Tx:
                 " %s, %s, %s)",
                 (
                     AUDIT_LOCK_CLASS,
-                    shard,
-                    auditchain.canonical(shard, now, fields),
+                    preferred,
+                    auditchain.canonical(now, fields),
                     now,
                     *(fields[k] for k in auditchain.FIELDS),
                 ),
@@ -928,6 +932,9 @@ class Store:
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return "Store(<conninfo hidden>)"
@@ -952,13 +959,25 @@ class Store:
                     max_size=self._max_size,
                     timeout=self._timeout,
                     kwargs=self._connect_kwargs(),
-                    check=psycopg_pool.ConnectionPool.check_connection,
+                    check=self._check_if_idle,
+                    reset=self._mark_returned,
                     open=False,
                     name="sealednotes",
                 )
                 self._pool.open(wait=False)
                 self._pid = os.getpid()
             return self._pool
+
+    def _mark_returned(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        # A connection used moments ago is healthy enough to try; one that sat idle
+        # (perhaps across a database restart) is checked before it is handed out.
+        # A broken busy connection still fails its query, answers 503, and is
+        # discarded by the pool.
+        if time.monotonic() - self._returned_at.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+            psycopg_pool.ConnectionPool.check_connection(conn)
 
     def close(self) -> None:
         with self._lock:
