@@ -96,7 +96,9 @@ class VaultKeyService:
         client = hvac.Client(url=self._addr, token=self._token, timeout=self._timeout)
         if self._role_id and self._secret_id:
             resp = client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)
-            self._schedule_renewal(resp["auth"].get("lease_duration"))
+            ttl = resp["auth"].get("lease_duration")
+            self._token_ttl = float(ttl) if ttl else None
+            self._schedule_renewal(ttl)
         else:
             self._renew_at = None
         return client
@@ -104,7 +106,6 @@ class VaultKeyService:
     def _schedule_renewal(self, ttl: Any) -> None:
         # Renew when two thirds of the lease have passed.
         if ttl:
-            self._token_ttl = float(ttl)
             self._renew_at = time.monotonic() + float(ttl) * 2 / 3
         else:
             self._renew_at = None
@@ -114,6 +115,7 @@ class VaultKeyService:
             resp = client.auth.token.renew_self()
             ttl = resp["auth"].get("lease_duration")
             if not ttl or (self._token_ttl and float(ttl) < self._token_ttl / 3):
+                # Renewal is capped by the token's max TTL: log in again instead.
                 raise hvac.exceptions.Forbidden("token near its max TTL")
             self._schedule_renewal(ttl)
             log.info("vault token renewed")
