@@ -262,7 +262,7 @@ class NotesService:
 
     def read(self, caller: Caller, note_id: str) -> tuple[NoteView, BudgetStatus]:
         _require_clinician(caller)
-        with self._store.transaction(pipeline=True) as tx:
+        with self._store.transaction() as tx:
             found = tx.note_with_current_version(caller.principal.tenant_id, note_id)
             if found is None:
                 self._note_or_404(tx, caller, note_id, "note.read")  # audits, raises 404
@@ -279,7 +279,7 @@ class NotesService:
         self, caller: Caller, note_id: str
     ) -> tuple[NoteRow, list[DecryptedVersion], BudgetStatus]:
         _require_clinician(caller)
-        with self._store.transaction(pipeline=True) as tx:
+        with self._store.transaction() as tx:
             note = self._note_or_404(tx, caller, note_id, "note.versions")
             release = self._gate.release(
                 tx, caller, note.patient_id, action="note.versions", note_id=note.id
@@ -301,7 +301,7 @@ class NotesService:
         after: tuple[datetime, str] | None,
     ) -> NotePage:
         _require_clinician(caller)
-        with self._store.transaction(pipeline=True) as tx:
+        with self._store.transaction() as tx:
             if include_content:
                 release = self._gate.release(tx, caller, patient_id, action="note.list-content")
                 budget: BudgetStatus | None = release.budget

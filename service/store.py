@@ -110,9 +110,6 @@ class Tx:
 
     def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         self.conn = conn
-        # In pipeline mode a failed audit append surfaces at the next sync, not at
-        # its own statement: remember that one is in flight to report it as such.
-        self.audit_pending = False
 
     def _one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
         return self.conn.execute(sql, params).fetchone()
@@ -206,14 +203,12 @@ class Tx:
         return cur.rowcount == 1
 
     def suspend_principal(self, principal_id: str, reason: str, now: datetime) -> bool:
-        # RETURNING, not rowcount: the read paths run in pipeline mode, where a
-        # statement's rowcount is only known once its result has been fetched.
-        row = self._one(
+        cur = self.conn.execute(
             "UPDATE principals SET suspended_at = %s, suspended_reason = %s "
-            "WHERE id = %s AND suspended_at IS NULL RETURNING id",
+            "WHERE id = %s AND suspended_at IS NULL",
             (now, reason, principal_id),
         )
-        return row is not None
+        return cur.rowcount == 1
 
     def unlock_principal(self, principal_id: str, now: datetime) -> bool:
         cur = self.conn.execute(
@@ -796,7 +791,6 @@ class Tx:
             "request_id": event.request_id,
             "client_addr": event.client_addr,
         }
-        self.audit_pending = True
         try:
             # One round trip: the function takes the shard's lock (held until commit,
             # so committed records of a shard are always a gapless prefix), reads the
@@ -992,28 +986,11 @@ class Store:
             self._pool = None
 
     @contextmanager
-    def transaction(self, *, pipeline: bool = False) -> Iterator[Tx]:
+    def transaction(self) -> Iterator[Tx]:
         """One transaction: committed at the end of the block, rolled back on error
-        (unless the use case called `tx.commit()` first, e.g. to keep a denial).
-
-        With `pipeline`, statements whose results are not read (BEGIN, the audit
-        append, COMMIT) travel with the next one: a warm read costs two round trips
-        fewer. Any error still aborts the transaction before content is released.
-        """
+        (unless the use case called `tx.commit()` first, e.g. to keep a denial)."""
         with self._connection() as conn:
-            if not pipeline:
-                yield Tx(conn)
-                return
-            tx = Tx(conn)
-            try:
-                with conn.pipeline():
-                    yield tx
-                    conn.commit()  # queued behind the audit append: one round trip
-            except psycopg.Error as e:
-                if tx.audit_pending and not isinstance(e, psycopg.OperationalError):
-                    log.error("audit write failed: %s", type(e).__name__)
-                    raise AuditUnavailable() from e
-                raise
+            yield Tx(conn)
 
     @contextmanager
     def autocommit(self) -> Iterator[Tx]:
