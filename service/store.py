@@ -203,12 +203,12 @@ class Tx:
         return cur.rowcount == 1
 
     def suspend_principal(self, principal_id: str, reason: str, now: datetime) -> bool:
-        cur = self.conn.execute(
+        row = self._one(
             "UPDATE principals SET suspended_at = %s, suspended_reason = %s "
-            "WHERE id = %s AND suspended_at IS NULL",
+            "WHERE id = %s AND suspended_at IS NULL RETURNING id",
             (now, reason, principal_id),
         )
-        return cur.rowcount == 1
+        return row is not None
 
     def unlock_principal(self, principal_id: str, now: datetime) -> bool:
         cur = self.conn.execute(
