@@ -7,6 +7,7 @@ it records, so an access that cannot be audited does not happen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -209,13 +210,34 @@ class AuditService:
                 caller=caller,
                 reason=f"ok={report.ok} checked={report.checked}",
             )
-        return report
+        # The chains span every tenant: a tenant's auditor learns whether the log is
+        # intact, not where other tenants' records sit. Operators get the full report
+        # from `sealednotes audit verify`.
+        return dataclasses.replace(
+            report,
+            first_bad=_without_location(report.first_bad),
+            problems=[p for p in (_without_location(x) for x in report.problems) if p],
+        )
 
     def export(
         self, *, since: datetime | None = None, tenant_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
         with self._store.transaction() as tx:
             yield from tx.iter_audit_export(since=since, tenant_id=tenant_id)
+
+
+def _without_location(problem: dict[str, Any] | None) -> dict[str, Any] | None:
+    if problem is None:
+        return None
+    return {
+        "kind": problem["kind"],
+        "detail": "The access log failed verification; operators have the location "
+        "(sealednotes audit verify).",
+        "record_id": None,
+        "shard": None,
+        "seq": None,
+        "at": None,
+    }
 
 
 def _describe_filters(filters: dict[str, Any]) -> str:

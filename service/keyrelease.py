@@ -250,7 +250,11 @@ class KeyReleaseGate:
             return usage, None  # already released within the hour: free
         # A new distinct patient: serialise on the principal and the tenant budget,
         # then count again under the locks.
-        tx.principal(p.id, for_update=True)
+        locked = tx.principal(p.id, for_update=True)
+        if locked is None or locked.suspended:
+            # Suspended while this request waited for the lock (a parallel request
+            # tripped a decoy or the denial limit): nothing more is released.
+            raise AccountSuspended()
         tx.lock_tenant_budget(p.tenant_id)
         usage = tx.budget_usage(p.id, p.tenant_id, patient_id, now)
         if usage.patient_in_hour:
@@ -372,18 +376,19 @@ class KeyReleaseGate:
         *,
         action: str,
         note_id: str | None = None,
-    ) -> tuple[Patient, bytes]:
-        """Access-check a write and return the patient's data key (created if needed).
+    ) -> tuple[Patient, bytes, str]:
+        """Access-check a write; return the patient, its data key (created if needed)
+        and how access was granted ("care-team" or "break-glass").
 
         The caller audits the write itself, once it knows the note id.
         """
         now = self._clock.now()
-        patient, _via, _snap = self._access(
+        patient, via, _snap = self._access(
             tx, caller, patient_id, now, action=action, note_id=note_id
         )
         key = self._unwrap(tx, patient, for_write=True)
         if key is not None:
-            return patient, key
+            return patient, key, via
         context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
         new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
         if tx.insert_patient_key(
@@ -395,11 +400,11 @@ class KeyReleaseGate:
                 ),
                 new.plaintext,
             )
-            return patient, new.plaintext
+            return patient, new.plaintext, via
         # Another writer created the key first: use theirs.
         key = self._unwrap(tx, patient, for_write=True)
         assert key is not None
-        return patient, key
+        return patient, key, via
 
     def check_metadata_access(self, tx: Tx, caller: Caller, patient_id: str) -> Patient:
         """Access check for metadata-only reads: audited, no key release, no budget."""

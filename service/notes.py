@@ -76,6 +76,11 @@ def _request_digest(
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
+def _via_reason(via: str) -> str | None:
+    # Writes outside the care team are flagged for the break-glass review.
+    return "break-glass" if via == "break-glass" else None
+
+
 class IdempotencyKeyReused(Conflict):
     slug = "idempotency-key-reused"
     title = "This Idempotency-Key was already used for a different request"
@@ -142,7 +147,7 @@ class NotesService:
         _require_clinician(caller)
         note_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
-            patient, key = self._gate.key_for_write(
+            patient, key, via = self._gate.key_for_write(
                 tx, caller, patient_id, action="note.create", note_id=note_id
             )
             now = self._clock.now()
@@ -192,6 +197,7 @@ class NotesService:
                 caller=caller,
                 patient_id=patient.id,
                 note_id=note.id,
+                reason=_via_reason(via),
             )
             return note, False
 
@@ -208,7 +214,7 @@ class NotesService:
         _require_clinician(caller)
         with self._store.transaction() as tx:
             note = self._note_or_404(tx, caller, note_id, "note.amend")
-            _patient, key = self._gate.key_for_write(
+            _patient, key, via = self._gate.key_for_write(
                 tx, caller, note.patient_id, action="note.amend", note_id=note.id
             )
             now = self._clock.now()
@@ -232,6 +238,7 @@ class NotesService:
                 caller=caller,
                 patient_id=note.patient_id,
                 note_id=note.id,
+                reason=_via_reason(via),
             )
             return updated
 
@@ -239,7 +246,7 @@ class NotesService:
         _require_clinician(caller)
         with self._store.transaction() as tx:
             note = self._note_or_404(tx, caller, note_id, "note.delete")
-            self._gate.key_for_write(
+            _patient, _key, via = self._gate.key_for_write(
                 tx, caller, note.patient_id, action="note.delete", note_id=note.id
             )
             now = self._clock.now()
@@ -252,7 +259,7 @@ class NotesService:
                 caller=caller,
                 patient_id=note.patient_id,
                 note_id=note.id,
-                reason="entered-in-error",
+                reason="entered-in-error" + (" (break-glass)" if via == "break-glass" else ""),
             )
             found = tx.note(note.tenant_id, note.id)
             assert found is not None

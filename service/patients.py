@@ -13,7 +13,7 @@ from service.clock import Clock
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded, Conflict, Forbidden, NotFound
 from service.models import Patient, Role
-from service.store import DAY, Store
+from service.store import DAY, Store, Tx
 from service.vault import VaultKeyService
 
 
@@ -69,6 +69,10 @@ class PatientsService:
                     patient_id=existing.id if existing else None,
                     reason="duplicate",
                 )
+                if p.role is Role.CLINICIAN:
+                    # A 409 tells a clinician that an identifier exists in the tenant:
+                    # probing for identifiers counts like any other denial.
+                    self._count_probe(tx, caller, now)
                 tx.commit()
                 extra = (
                     {"patient_id": existing.id} if existing and p.role is Role.INTEGRATION else {}
@@ -88,6 +92,27 @@ class PatientsService:
             patient = tx.patient(p.tenant_id, patient_id)
             assert patient is not None
             return patient
+
+    def _count_probe(self, tx: Tx, caller: Caller, now: datetime) -> None:
+        p = caller.principal
+        denials = tx.record_denial(p.id, "duplicate-registration", now)
+        if denials >= self._budgets.suspend_after_denials and tx.suspend_principal(
+            p.id, "repeated-duplicate-registrations", now
+        ):
+            self._audit.record(
+                tx,
+                now,
+                action="principal.suspend",
+                outcome="granted",
+                caller=caller,
+                reason="repeated-duplicate-registrations",
+            )
+            self._alerts.emit(
+                "principal-suspended",
+                cause="repeated-duplicate-registrations",
+                tenant_id=p.tenant_id,
+                principal_id=p.id,
+            )
 
     def find(self, caller: Caller, external_id: str) -> Patient:
         p = caller.principal

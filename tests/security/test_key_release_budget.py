@@ -311,3 +311,44 @@ def test_admin_per_principal_budget_override(make_app: AppFactory) -> None:
     ps = seed_patients(stack, t, [dr], 3)
     codes = [api.get(f"/v1/patients/{p}/notes?include=content", dr.token).status_code for p in ps]
     assert codes == [200, 200, 429]
+
+
+def test_probing_external_ids_by_registration_suspends(
+    api: Api, stack: StackHelper, app: Flask
+) -> None:
+    t = stack.tenant()
+    dr = stack.clinician(t)
+    for i in range(5):
+        stack.patient(t, external_id=f"SSN-{i}")
+    codes = [
+        api.post("/v1/patients", dr.token, {"external_id": f"SSN-{i}"}).status_code
+        for i in range(5)
+    ]
+    assert codes == [409] * 5
+    r = api.get("/v1/me", dr.token)
+    assert r.status_code == 403 and r.get_json()["type"].endswith("/account-suspended")
+    assert any(
+        a.get("cause") == "repeated-duplicate-registrations"
+        for a in app.extensions["sealednotes"].alerts.sent
+    )
+
+
+def test_writes_under_break_glass_are_audited_as_such(
+    api: Api, stack: StackHelper, db_url: str
+) -> None:
+    t = stack.tenant()
+    dr, colleague = stack.clinician(t), stack.clinician(t)
+    pid = stack.patient_for(t, colleague)
+    reason = "Covering the night shift, urgent medication review"
+    assert (
+        api.post(f"/v1/patients/{pid}/break-glass", dr.token, {"reason": reason}).status_code == 201
+    )
+    r = api.post(f"/v1/patients/{pid}/notes", dr.token, {"kind": "other", "body": "seen at night"})
+    assert r.status_code == 201
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT outcome, reason FROM audit_events WHERE action = 'note.create'"
+            " AND note_id = %s",
+            (r.get_json()["id"],),
+        ).fetchone()
+    assert row == ("granted", "break-glass")
