@@ -217,6 +217,8 @@ class NotesService:
             _patient, key, via = self._gate.key_for_write(
                 tx, caller, note.patient_id, action="note.amend", note_id=note.id
             )
+            if note.status != "current":
+                raise Conflict("A note marked entered-in-error cannot be amended")
             now = self._clock.now()
             updated = tx.bump_note_version(note.id, expected_version, kind, encounter_at, now)
             if updated is None:

@@ -710,7 +710,8 @@ class Tx:
         row = self._one(
             "UPDATE notes SET current_version = current_version + 1, kind = %s,"
             " encounter_at = %s, updated_at = %s "
-            f"WHERE id = %s AND current_version = %s RETURNING {NOTE_COLUMNS}",
+            f"WHERE id = %s AND current_version = %s AND status = 'current' "
+            f"RETURNING {NOTE_COLUMNS}",
             (kind, encounter_at, now, note_id, expected_version),
         )
         return _note(row) if row else None

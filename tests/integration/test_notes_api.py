@@ -54,6 +54,8 @@ def test_create_read_amend_versions_delete(api: Api, stack: StackHelper) -> None
     r = api.get(f"/v1/notes/{note['id']}", dr.token)
     assert r.get_json()["status"] == "entered-in-error"
     assert r.get_json()["body"] == "Doing better."  # content kept, still encrypted at rest
+    r = api.put(f"/v1/notes/{note['id']}", dr.token, amended, headers={"If-Match": '"2"'})
+    assert r.status_code == 409  # an entered-in-error note is not amended
 
 
 def test_list_metadata_and_content(api: Api, stack: StackHelper) -> None:
