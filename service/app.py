@@ -120,6 +120,7 @@ def build_services(
             keys=keys,
             audit=audit,
             alerts=alerts,
+            gate=gate,
             clock=clock,
             budgets=settings.budgets,
         ),

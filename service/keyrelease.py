@@ -322,14 +322,19 @@ class KeyReleaseGate:
             reason=scope,
         )
         self._metrics.key_releases.labels(outcome="throttled").inc()
-        denials = tx.record_denial(p.id, scope, now)
-        if denials >= self._budgets.suspend_after_denials:
-            self._suspend(tx, caller, now, cause="repeated-budget-denials", patient_id=None)
-        elif denials == 1:
+        if self.count_denial(tx, caller, now, scope=scope, cause="repeated-budget-denials") == 1:
             self._alerts.emit(
                 "budget-exhausted", scope=scope, tenant_id=p.tenant_id, principal_id=p.id
             )
         self._deny_and_commit(tx, exc)
+
+    def count_denial(self, tx: Tx, caller: Caller, now: datetime, *, scope: str, cause: str) -> int:
+        """Count a denial against the principal; suspend it (audited, alerted) when the
+        denials of the last hour reach the limit. Returns that count."""
+        denials = tx.record_denial(caller.principal.id, scope, now)
+        if denials >= self._budgets.suspend_after_denials:
+            self._suspend(tx, caller, now, cause=cause, patient_id=None)
+        return denials
 
     # -- the gate ---------------------------------------------------------------------
 

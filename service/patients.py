@@ -12,6 +12,7 @@ from service.audit import AuditLog, Caller
 from service.clock import Clock
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded, Conflict, Forbidden, NotFound
+from service.keyrelease import KeyReleaseGate
 from service.models import Patient, Role
 from service.store import DAY, Store, Tx
 from service.vault import VaultKeyService
@@ -38,6 +39,7 @@ class PatientsService:
         keys: VaultKeyService,
         audit: AuditLog,
         alerts: Alerter,
+        gate: KeyReleaseGate,
         clock: Clock,
         budgets: Budgets,
     ) -> None:
@@ -45,6 +47,7 @@ class PatientsService:
         self._keys = keys
         self._audit = audit
         self._alerts = alerts
+        self._gate = gate
         self._clock = clock
         self._budgets = budgets
 
@@ -60,6 +63,17 @@ class PatientsService:
             patient_id = tx.insert_patient(str(uuid.uuid4()), p.tenant_id, index, now)
             if patient_id is None:
                 existing = tx.patient_by_index(p.tenant_id, index)
+                if p.role is Role.CLINICIAN:
+                    # A 409 tells a clinician that an identifier exists in the tenant:
+                    # probing for identifiers counts like any other denial (and, like
+                    # every suspension, locks the principal before any audit shard).
+                    self._gate.count_denial(
+                        tx,
+                        caller,
+                        now,
+                        scope="duplicate-registration",
+                        cause="repeated-duplicate-registrations",
+                    )
                 self._audit.record(
                     tx,
                     now,
@@ -69,10 +83,6 @@ class PatientsService:
                     patient_id=existing.id if existing else None,
                     reason="duplicate",
                 )
-                if p.role is Role.CLINICIAN:
-                    # A 409 tells a clinician that an identifier exists in the tenant:
-                    # probing for identifiers counts like any other denial.
-                    self._count_probe(tx, caller, now)
                 tx.commit()
                 extra = (
                     {"patient_id": existing.id} if existing and p.role is Role.INTEGRATION else {}
@@ -93,27 +103,6 @@ class PatientsService:
             assert patient is not None
             return patient
 
-    def _count_probe(self, tx: Tx, caller: Caller, now: datetime) -> None:
-        p = caller.principal
-        denials = tx.record_denial(p.id, "duplicate-registration", now)
-        if denials >= self._budgets.suspend_after_denials and tx.suspend_principal(
-            p.id, "repeated-duplicate-registrations", now
-        ):
-            self._audit.record(
-                tx,
-                now,
-                action="principal.suspend",
-                outcome="granted",
-                caller=caller,
-                reason="repeated-duplicate-registrations",
-            )
-            self._alerts.emit(
-                "principal-suspended",
-                cause="repeated-duplicate-registrations",
-                tenant_id=p.tenant_id,
-                principal_id=p.id,
-            )
-
     def find(self, caller: Caller, external_id: str) -> Patient:
         p = caller.principal
         if p.role not in (Role.INTEGRATION, Role.CLINICIAN):
@@ -122,52 +111,42 @@ class PatientsService:
             tenant_id=p.tenant_id, value=normalize_external_id(external_id)
         )
         with self._store.transaction() as tx:
-            now = self._clock.now()
-            patient = tx.patient_by_index(p.tenant_id, index)
-            visible = patient is not None
-            if patient is not None and p.role is Role.CLINICIAN:
-                care, glass = tx.access_to_patient(p.id, patient.id, now)
-                visible = care or glass
-            self._audit.record(
-                tx,
-                now,
-                action="patient.lookup",
-                outcome="granted" if visible else "denied",
-                caller=caller,
-                patient_id=patient.id if visible and patient else None,
-                reason=None if visible else "not-found-or-not-on-care-team",
+            return self._visible(
+                tx, caller, tx.patient_by_index(p.tenant_id, index), action="patient.lookup"
             )
-            if not visible:
-                tx.commit()
-                raise NotFound()
-            assert patient is not None
-            return patient
 
     def get(self, caller: Caller, patient_id: str) -> Patient:
         p = caller.principal
         if p.role not in (Role.INTEGRATION, Role.CLINICIAN):
             raise Forbidden("Only integrations and clinicians read patient records")
         with self._store.transaction() as tx:
-            now = self._clock.now()
-            patient = tx.patient(p.tenant_id, patient_id)
-            visible = patient is not None
-            if patient is not None and p.role is Role.CLINICIAN:
-                care, glass = tx.access_to_patient(p.id, patient.id, now)
-                visible = care or glass
-            self._audit.record(
-                tx,
-                now,
-                action="patient.read",
-                outcome="granted" if visible else "denied",
-                caller=caller,
-                patient_id=patient_id if visible else None,
-                reason=None if visible else "not-found-or-not-on-care-team",
+            return self._visible(
+                tx, caller, tx.patient(p.tenant_id, patient_id), action="patient.read"
             )
-            if not visible:
-                tx.commit()
-                raise NotFound()
-            assert patient is not None
-            return patient
+
+    def _visible(self, tx: Tx, caller: Caller, patient: Patient | None, *, action: str) -> Patient:
+        """An integration sees every patient of its tenant; a clinician only those on its
+        care team or under its break-glass. Anything else is audited and answers 404,
+        exactly like a patient that does not exist."""
+        p = caller.principal
+        now = self._clock.now()
+        visible = patient is not None
+        if patient is not None and p.role is Role.CLINICIAN:
+            care, glass = tx.access_to_patient(p.id, patient.id, now)
+            visible = care or glass
+        self._audit.record(
+            tx,
+            now,
+            action=action,
+            outcome="granted" if visible else "denied",
+            caller=caller,
+            patient_id=patient.id if visible and patient else None,
+            reason=None if visible else "not-found-or-not-on-care-team",
+        )
+        if not visible or patient is None:
+            tx.commit()
+            raise NotFound()
+        return patient
 
     def set_care_team(
         self, caller: Caller, patient_id: str, member_id: str, until: datetime | None
