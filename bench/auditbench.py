@@ -18,6 +18,7 @@ since two writers on one shard take turns.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import time
@@ -126,19 +127,7 @@ def _append_once(conn: psycopg.Connection[dict[str, Any]], mode: str, ids: Audit
     else:
         conn.execute(
             PLAIN_INSERT,
-            {
-                "at": now,
-                "tenant_id": event.tenant_id,
-                "principal_id": event.principal_id,
-                "role": event.role,
-                "patient_id": event.patient_id,
-                "note_id": event.note_id,
-                "action": event.action,
-                "outcome": event.outcome,
-                "reason": event.reason,
-                "request_id": event.request_id,
-                "client_addr": event.client_addr,
-            },
+            {"at": now, **dataclasses.asdict(event)},
         )
     conn.commit()
 

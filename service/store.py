@@ -42,6 +42,22 @@ from service.models import (
 
 log = logging.getLogger(__name__)
 
+# One pass over a principal's releases of the last day: the sliding-hour and
+# sliding-day distinct-patient counts, whether %(pt)s is already released, and
+# when the oldest releases leave the windows. Shared by the gate snapshot and
+# the re-count under lock, so both always count the same way.
+PRINCIPAL_USAGE_SQL = """
+  SELECT
+    count(DISTINCT patient_id) FILTER (WHERE released_at > %(hour_ago)s) AS hour,
+    count(DISTINCT patient_id) AS day,
+    coalesce(bool_or(patient_id = %(pt)s AND released_at > %(hour_ago)s), false)
+      AS patient_in_hour,
+    coalesce(bool_or(patient_id = %(pt)s), false) AS patient_in_day,
+    min(released_at) FILTER (WHERE released_at > %(hour_ago)s) AS hour_oldest,
+    min(released_at) AS day_oldest
+  FROM key_releases
+  WHERE principal_id = %(p)s AND released_at > %(day_ago)s
+"""
 _NO_USAGE = BudgetUsage(0, 0, 0, False, False, None, None, None)
 IDLE_CHECK_SECONDS = 2.0
 AUDIT_LOCK_CLASS = 0x5EA1  # advisory-lock namespace of the audit shards
@@ -356,19 +372,9 @@ class Tx:
             FROM principals pr
             LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s
             LEFT JOIN patient_keys k ON k.patient_id = pt.id
-            CROSS JOIN LATERAL (
-              -- one pass over this principal's releases of the last day
-              SELECT
-                count(DISTINCT patient_id) FILTER (WHERE released_at > %(hour_ago)s) AS hour,
-                count(DISTINCT patient_id) AS day,
-                coalesce(bool_or(patient_id = %(pt)s AND released_at > %(hour_ago)s), false)
-                  AS patient_in_hour,
-                coalesce(bool_or(patient_id = %(pt)s), false) AS patient_in_day,
-                min(released_at) FILTER (WHERE released_at > %(hour_ago)s) AS hour_oldest,
-                min(released_at) AS day_oldest
-              FROM key_releases
-              WHERE principal_id = %(p)s AND released_at > %(day_ago)s
-            ) u
+            CROSS JOIN LATERAL ("""
+            + PRINCIPAL_USAGE_SQL
+            + """) u
             WHERE pr.id = %(p)s
             """,
             {
@@ -428,25 +434,12 @@ class Tx:
         self, principal_id: str, tenant_id: str, patient_id: str | None, now: datetime
     ) -> BudgetUsage:
         row = self._one(
-            """
-            WITH mine AS (
-                SELECT patient_id, released_at FROM key_releases
-                WHERE principal_id = %(p)s AND released_at > %(day_ago)s
-            ), tenant AS (
-                SELECT released_at FROM key_releases
-                WHERE tenant_id = %(t)s AND released_at > %(hour_ago)s
-            )
-            SELECT
-              (SELECT count(DISTINCT patient_id) FROM mine
-                 WHERE released_at > %(hour_ago)s) AS hour,
-              (SELECT count(DISTINCT patient_id) FROM mine) AS day,
-              (SELECT count(*) FROM tenant) AS tenant_hour,
-              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s
-                        AND released_at > %(hour_ago)s) AS patient_in_hour,
-              EXISTS (SELECT 1 FROM mine WHERE patient_id = %(pt)s) AS patient_in_day,
-              (SELECT min(released_at) FROM mine WHERE released_at > %(hour_ago)s) AS hour_oldest,
-              (SELECT min(released_at) FROM mine) AS day_oldest,
-              (SELECT min(released_at) FROM tenant) AS tenant_oldest
+            "SELECT u.*, t.tenant_hour, t.tenant_oldest FROM ("
+            + PRINCIPAL_USAGE_SQL
+            + """) u, (
+              SELECT count(*) AS tenant_hour, min(released_at) AS tenant_oldest
+              FROM key_releases WHERE tenant_id = %(t)s AND released_at > %(hour_ago)s
+            ) t
             """,
             {
                 "p": principal_id,
@@ -780,18 +773,7 @@ class Tx:
     def insert_audit_event(self, event: AuditEvent, now: datetime) -> None:
         """Append to an audit chain. Fails closed: AuditUnavailable."""
         preferred = self.conn.info.backend_pid % auditchain.SHARDS
-        fields = {
-            "tenant_id": event.tenant_id,
-            "principal_id": event.principal_id,
-            "role": event.role,
-            "patient_id": event.patient_id,
-            "note_id": event.note_id,
-            "action": event.action,
-            "outcome": event.outcome,
-            "reason": event.reason,
-            "request_id": event.request_id,
-            "client_addr": event.client_addr,
-        }
+        fields = {k: getattr(event, k) for k in auditchain.FIELDS}
         try:
             # One round trip: the function takes the shard's lock (held until commit,
             # so committed records of a shard are always a gapless prefix), reads the
