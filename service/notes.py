@@ -116,19 +116,23 @@ class NotesService:
     def _note_or_404(self, tx: Tx, caller: Caller, note_id: str, action: str) -> NoteRow:
         note = tx.note(caller.principal.tenant_id, note_id)
         if note is None:
-            now = self._clock.now()
-            self._audit.record(
-                tx,
-                now,
-                action=action,
-                outcome="denied",
-                caller=caller,
-                note_id=note_id,
-                reason="no-such-note",
-            )
-            tx.commit()
-            raise NotFound()
+            self._deny_missing_note(tx, caller, note_id, action)
+        assert note is not None
         return note
+
+    def _deny_missing_note(self, tx: Tx, caller: Caller, note_id: str, action: str) -> None:
+        """Audit the attempt (kept: commit first), then answer 404."""
+        self._audit.record(
+            tx,
+            self._clock.now(),
+            action=action,
+            outcome="denied",
+            caller=caller,
+            note_id=note_id,
+            reason="no-such-note",
+        )
+        tx.commit()
+        raise NotFound()
 
     # -- writes ------------------------------------------------------------------------
 
@@ -274,7 +278,7 @@ class NotesService:
         with self._store.transaction() as tx:
             found = tx.note_with_current_version(caller.principal.tenant_id, note_id)
             if found is None:
-                self._note_or_404(tx, caller, note_id, "note.read")  # audits, raises 404
+                self._deny_missing_note(tx, caller, note_id, "note.read")
             assert found is not None
             note, row = found
             release = self._gate.release(
