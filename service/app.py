@@ -84,6 +84,7 @@ def build_services(
         token=settings.vault_token,
         role_id=settings.vault_role_id,
         secret_id=settings.vault_secret_id,
+        token_file=settings.vault_token_file,
         mount=settings.vault_mount,
         timeout=settings.vault_timeout,
     )
@@ -130,6 +131,8 @@ def build_services(
             audit=audit,
             clock=clock,
             token_ttl_days=settings.token_ttl_days,
+            tenant_cap=settings.budgets.tenant_per_hour,
+            unwrap_headroom=settings.vault_unwrap_headroom,
         ),
     )
 
@@ -197,7 +200,7 @@ def create_app(
     @app.errorhandler(ServiceError)
     def _service_error(e: ServiceError) -> Response:
         if e.status >= 500:
-            kind = "vault" if e.slug == "key-service-unavailable" else "database"
+            kind = "vault" if e.slug.startswith("key-service") else "database"
             if e.slug in ("key-service-unavailable", "database-unavailable"):
                 services.metrics.dependency_errors.labels(dependency=kind).inc()
             log.warning("request failed: %s (%s)", e.slug, type(e.__cause__).__name__)

@@ -59,7 +59,14 @@ class Settings:
     vault_token: str | None = field(default=None, repr=False)
     vault_role_id: str | None = None
     vault_secret_id: str | None = field(default=None, repr=False)
+    # A file holding the token, kept fresh by Vault Agent (re-read on every login).
+    vault_token_file: str | None = None
+    # A response-wrapping token that yields the AppRole secret id (unwrapped once,
+    # by `sealednotes serve`, before the workers start).
+    vault_wrapped_secret_id: str | None = field(default=None, repr=False)
     vault_mount: str = "transit"
+    # Vault's hourly unwrap quota per tenant = the tenant's release cap x this.
+    vault_unwrap_headroom: float = 5.0
     vault_timeout: float = 2.0
     db_timeout: float = 2.0
     request_timeout: float = 5.0
@@ -87,13 +94,23 @@ class Settings:
         if not vault_addr:
             raise ConfigError("VAULT_ADDR is required")
         token = env.get("VAULT_TOKEN") or None
+        token_file = env.get("SEALEDNOTES_VAULT_TOKEN_FILE") or None
         role_id = env.get("SEALEDNOTES_VAULT_ROLE_ID") or None
         secret_id = env.get("SEALEDNOTES_VAULT_SECRET_ID") or None
-        if not token and not (role_id and secret_id):
+        wrapped = env.get("SEALEDNOTES_VAULT_WRAPPED_SECRET_ID") or None
+        if secret_id and wrapped:
             raise ConfigError(
-                "Vault credentials are required: VAULT_TOKEN, or "
-                "SEALEDNOTES_VAULT_ROLE_ID and SEALEDNOTES_VAULT_SECRET_ID"
+                "Set SEALEDNOTES_VAULT_SECRET_ID or SEALEDNOTES_VAULT_WRAPPED_SECRET_ID, not both"
             )
+        if not token and not token_file and not (role_id and (secret_id or wrapped)):
+            raise ConfigError(
+                "Vault credentials are required: SEALEDNOTES_VAULT_ROLE_ID with "
+                "SEALEDNOTES_VAULT_SECRET_ID (or SEALEDNOTES_VAULT_WRAPPED_SECRET_ID), "
+                "SEALEDNOTES_VAULT_TOKEN_FILE, or VAULT_TOKEN"
+            )
+        headroom = _float(env, "SEALEDNOTES_VAULT_UNWRAP_HEADROOM", 5.0)
+        if headroom < 1:
+            raise ConfigError("SEALEDNOTES_VAULT_UNWRAP_HEADROOM must be >= 1")
         key_cache_ttl = _float(env, "SEALEDNOTES_KEY_CACHE_TTL", 60.0)
         if key_cache_ttl > 60:
             raise ConfigError("SEALEDNOTES_KEY_CACHE_TTL must be <= 60 seconds")
@@ -110,7 +127,10 @@ class Settings:
             vault_token=token,
             vault_role_id=role_id,
             vault_secret_id=secret_id,
+            vault_token_file=token_file,
+            vault_wrapped_secret_id=wrapped,
             vault_mount=env.get("SEALEDNOTES_VAULT_MOUNT", "transit"),
+            vault_unwrap_headroom=headroom,
             vault_timeout=vault_timeout,
             db_timeout=db_timeout,
             request_timeout=request_timeout,

@@ -135,6 +135,16 @@ class KeyServiceUnavailable(ServiceUnavailable):
     title = "The key service (Vault) is unavailable, sealed or too slow; nothing was decrypted"
 
 
+class KeyServiceThrottled(KeyServiceUnavailable):
+    """Vault's own unwrap budget for the tenant (a rate-limit quota) is spent."""
+
+    slug = "key-service-throttled"
+    title = "The key service refused more key releases for now; nothing was decrypted"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, retry_after=300)
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     slug = "database-unavailable"
     title = "The database is unavailable"

@@ -327,6 +327,16 @@ class KeyOperations:
                 )
             except DecryptionError as e:
                 raise IntegrityFailure() from e
+            # Matched against Vault's own log of this unwrap by `audit reconcile`.
+            self._audit.record(
+                tx,
+                now,
+                action="key.unwrap",
+                outcome="granted",
+                tenant_id=patient.tenant_id,
+                patient_id=patient.id,
+                reason="rekey",
+            )
             new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
             versions = tx.patient_versions_for_update(patient.id)
             for note, version in versions:

@@ -35,6 +35,7 @@ from service.errors import (
     BudgetExceeded,
     Gone,
     IntegrityFailure,
+    KeyServiceThrottled,
     NotFound,
 )
 from service.keycache import KeyCache, cache_key
@@ -211,8 +212,13 @@ class KeyReleaseGate:
     def _unwrap(
         self,
         tx: Tx,
+        caller: Caller,
         patient: Patient,
+        now: datetime,
         *,
+        cause: str,
+        action: str,
+        note_id: str | None,
         for_write: bool = False,
         snapshot: GateSnapshot | None = None,
     ) -> bytes | None:
@@ -234,8 +240,55 @@ class KeyReleaseGate:
         except DecryptionError as e:
             log.error("wrapped key failed to unwrap for patient %s", patient.id)
             raise IntegrityFailure() from e
+        except KeyServiceThrottled:
+            self._vault_throttled(tx, caller, patient, now, action=action, note_id=note_id)
+            raise
+        # Vault logs every unwrap with its derivation context; this record names the
+        # request that caused it, so `audit reconcile` can match the two one to one.
+        self._audit.record(
+            tx,
+            now,
+            action="key.unwrap",
+            outcome="granted",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason=cause,
+        )
         self._cache.put(ckey, key)
         return key
+
+    def _vault_throttled(
+        self,
+        tx: Tx,
+        caller: Caller,
+        patient: Patient,
+        now: datetime,
+        *,
+        action: str,
+        note_id: str | None,
+    ) -> None:
+        """Vault refused the unwrap (its quota for the tenant is spent): nothing is
+        released, so drop what this transaction charged, then record the refusal."""
+        tx.rollback()
+        self._audit.record(
+            tx,
+            now,
+            action=action,
+            outcome="unavailable",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason="vault-unwrap-quota",
+        )
+        tx.commit()
+        self._metrics.vault_throttled.inc()
+        self._alerts.emit(
+            "vault-unwrap-quota-exceeded",
+            tenant_id=patient.tenant_id,
+            principal_id=caller.principal.id,
+            patient_id=patient.id,
+        )
 
     # -- budget -----------------------------------------------------------------------
 
@@ -276,7 +329,8 @@ class KeyReleaseGate:
                 ),
                 scope="principal-day",
             )
-        if usage.tenant_hour >= self._budgets.tenant_per_hour:
+        tenant_cap = usage.tenant_cap or self._budgets.tenant_per_hour
+        if usage.tenant_hour >= tenant_cap:
             return usage, BudgetExceeded(
                 "The organisation's hourly key-release budget is exhausted",
                 retry_after=_seconds_until(
@@ -359,7 +413,16 @@ class KeyReleaseGate:
         else:
             # Break-glass has its own budget, charged when it was opened.
             usage = snap.usage
-        key = self._unwrap(tx, patient, snapshot=snap)
+        key = self._unwrap(
+            tx,
+            caller,
+            patient,
+            now,
+            cause="read",
+            action=action,
+            note_id=note_id,
+            snapshot=snap,
+        )
         self._audit.record(
             tx,
             now,
@@ -391,7 +454,9 @@ class KeyReleaseGate:
         patient, via, _snap = self._access(
             tx, caller, patient_id, now, action=action, note_id=note_id
         )
-        key = self._unwrap(tx, patient, for_write=True)
+        key = self._unwrap(
+            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
+        )
         if key is not None:
             return patient, key, via
         context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
@@ -407,7 +472,9 @@ class KeyReleaseGate:
             )
             return patient, new.plaintext, via
         # Another writer created the key first: use theirs.
-        key = self._unwrap(tx, patient, for_write=True)
+        key = self._unwrap(
+            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
+        )
         assert key is not None
         return patient, key, via
 

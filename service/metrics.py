@@ -53,6 +53,11 @@ class Metrics:
         self.alerts = Counter(
             "sealednotes_alerts_total", "Security alerts emitted", ["kind"], registry=self.registry
         )
+        self.vault_throttled = Counter(
+            "sealednotes_vault_unwrap_throttled_total",
+            "Unwraps refused by Vault's rate-limit quota (its own unwrap budget)",
+            registry=self.registry,
+        )
         self.dependency_errors = Counter(
             "sealednotes_dependency_errors_total",
             "Vault and database errors",

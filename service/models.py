@@ -18,6 +18,7 @@ class Role(StrEnum):
 class Tenant:
     id: str
     name: str
+    release_per_hour: int | None = None  # distinct patients released per hour, tenant-wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +114,4 @@ class BudgetUsage:
     hour_oldest: datetime | None
     day_oldest: datetime | None
     tenant_oldest: datetime | None
+    tenant_cap: int | None = None  # the tenant's hourly cap (read under the budget lock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,10 @@ from service.errors import Conflict, Forbidden, NotFound
 from service.models import Principal, Role, Tenant
 from service.store import Store, Tx
 from service.vault import VaultKeyService
+
+
+def unwrap_quota_rate(release_per_hour: int, headroom: float) -> int:
+    return max(1, math.ceil(release_per_hour * headroom))
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +39,27 @@ class PrincipalsService:
         audit: AuditLog,
         clock: Clock,
         token_ttl_days: int,
+        tenant_cap: int = 1000,
+        unwrap_headroom: float = 5.0,
     ) -> None:
         self._store = store
         self._keys = keys
         self._audit = audit
         self._clock = clock
         self._token_ttl = timedelta(days=token_ttl_days)
+        self._tenant_cap = tenant_cap
+        self._unwrap_headroom = unwrap_headroom
+
+    def unwrap_quota_rate(self, tenant: Tenant) -> int:
+        """Vault's hourly unwrap budget for a tenant: its release cap times the
+        headroom for key-cache misses (re-reads after the cache expires, writes,
+        several workers each with its own cache)."""
+        return unwrap_quota_rate(tenant.release_per_hour or self._tenant_cap, self._unwrap_headroom)
+
+    def ensure_vault_quota(self, tenant: Tenant) -> int:
+        rate = self.unwrap_quota_rate(tenant)
+        self._keys.ensure_unwrap_quota(tenant.id, rate=rate)
+        return rate
 
     def create_tenant(self, name: str) -> Tenant:
         tenant_id = str(uuid.uuid4())
@@ -47,11 +67,13 @@ class PrincipalsService:
             existing = tx.tenant_by_name(name)
             if existing is not None:
                 raise Conflict(f"Tenant {name!r} already exists", extra={"id": existing.id})
-        # Keys first: a tenant row never exists without its Transit keys.
+        tenant = Tenant(tenant_id, name, self._tenant_cap)
+        # Keys and Vault's unwrap quota first: a tenant row never exists without them.
         self._keys.ensure_tenant_keys(tenant_id)
+        self.ensure_vault_quota(tenant)
         with self._store.transaction() as tx:
             now = self._clock.now()
-            if not tx.insert_tenant(tenant_id, name, now):
+            if not tx.insert_tenant(tenant_id, name, now, self._tenant_cap):
                 raise Conflict(f"Tenant {name!r} already exists")
             self._audit.record(
                 tx,
@@ -59,9 +81,29 @@ class PrincipalsService:
                 action="tenant.create",
                 outcome="granted",
                 tenant_id=tenant_id,
-                reason="cli",
+                reason=f"cli release_per_hour={self._tenant_cap}",
             )
-        return Tenant(tenant_id, name)
+        return tenant
+
+    def set_tenant_cap(self, name: str, release_per_hour: int) -> Tenant:
+        """Change a tenant's hourly release cap and Vault's unwrap quota with it
+        (operators, with the schema owner's database credentials)."""
+        tenant = self.tenant(name)
+        updated = Tenant(tenant.id, tenant.name, release_per_hour)
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            tx.set_tenant_cap(tenant.id, release_per_hour)
+            self._audit.record(
+                tx,
+                now,
+                action="tenant.cap",
+                outcome="granted",
+                tenant_id=tenant.id,
+                reason=f"cli release_per_hour={tenant.release_per_hour}->{release_per_hour}",
+            )
+            # Vault follows inside the transaction: if Vault refuses, the cap stays.
+            self.ensure_vault_quota(updated)
+        return updated
 
     def tenant(self, name: str) -> Tenant:
         with self._store.transaction() as tx:
@@ -69,6 +111,14 @@ class PrincipalsService:
         if tenant is None:
             raise NotFound(f"No tenant named {name!r}")
         return tenant
+
+    def principal_by_name(self, tenant_name: str, name: str) -> Principal:
+        tenant = self.tenant(tenant_name)
+        with self._store.transaction() as tx:
+            principal = tx.principal_by_name(tenant.id, name)
+        if principal is None:
+            raise NotFound(f"No principal named {name!r} in {tenant_name!r}")
+        return principal
 
     def create_principal(
         self, tenant_name: str, name: str, role: Role, *, ttl_days: int | None = None

@@ -65,6 +65,13 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
+TENANT_COLUMNS = "id, name, release_per_hour"
+
+
+def _tenant(row: dict[str, Any]) -> Tenant:
+    return Tenant(str(row["id"]), row["name"], row["release_per_hour"])
+
+
 def _principal(row: dict[str, Any]) -> Principal:
     return Principal(
         id=str(row["id"]),
@@ -136,29 +143,38 @@ class Tx:
     def commit(self) -> None:
         self.conn.commit()
 
+    def rollback(self) -> None:
+        self.conn.rollback()
+
     # -- tenants -------------------------------------------------------------------
 
-    def insert_tenant(self, tenant_id: str, name: str, now: datetime) -> bool:
+    def insert_tenant(
+        self, tenant_id: str, name: str, now: datetime, release_per_hour: int
+    ) -> bool:
         row = self._one(
-            "INSERT INTO tenants (id, name, created_at) VALUES (%s, %s, %s) "
+            "INSERT INTO tenants (id, name, created_at, release_per_hour) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (name) DO NOTHING RETURNING id",
-            (tenant_id, name, now),
+            (tenant_id, name, now, release_per_hour),
         )
         return row is not None
 
     def tenant_by_name(self, name: str) -> Tenant | None:
-        row = self._one("SELECT id, name FROM tenants WHERE name = %s", (name,))
-        return Tenant(str(row["id"]), row["name"]) if row else None
+        row = self._one(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE name = %s", (name,))
+        return _tenant(row) if row else None
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        row = self._one("SELECT id, name FROM tenants WHERE id = %s", (tenant_id,))
-        return Tenant(str(row["id"]), row["name"]) if row else None
+        row = self._one(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = %s", (tenant_id,))
+        return _tenant(row) if row else None
 
     def all_tenants(self) -> list[Tenant]:
         return [
-            Tenant(str(r["id"]), r["name"])
-            for r in self._all("SELECT id, name FROM tenants ORDER BY name")
+            _tenant(r) for r in self._all(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name")
         ]
+
+    def set_tenant_cap(self, tenant_id: str, release_per_hour: int) -> None:
+        self.conn.execute(
+            "UPDATE tenants SET release_per_hour = %s WHERE id = %s", (release_per_hour, tenant_id)
+        )
 
     # -- principals and tokens -------------------------------------------------------
 
@@ -177,6 +193,13 @@ class Tx:
         row = self._one(
             f"SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.id = %s{lock}",
             (principal_id,),
+        )
+        return _principal(row) if row else None
+
+    def principal_by_name(self, tenant_id: str, name: str) -> Principal | None:
+        row = self._one(
+            f"SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.tenant_id = %s AND p.name = %s",
+            (tenant_id, name),
         )
         return _principal(row) if row else None
 
@@ -434,7 +457,8 @@ class Tx:
         self, principal_id: str, tenant_id: str, patient_id: str | None, now: datetime
     ) -> BudgetUsage:
         row = self._one(
-            "SELECT u.*, t.tenant_hour, t.tenant_oldest FROM ("
+            "SELECT u.*, t.tenant_hour, t.tenant_oldest,"
+            " (SELECT release_per_hour FROM tenants WHERE id = %(t)s) AS tenant_cap FROM ("
             + PRINCIPAL_USAGE_SQL
             + """) u, (
               SELECT count(*) AS tenant_hour, min(released_at) AS tenant_oldest
@@ -459,6 +483,7 @@ class Tx:
             hour_oldest=row["hour_oldest"],
             day_oldest=row["day_oldest"],
             tenant_oldest=row["tenant_oldest"],
+            tenant_cap=row["tenant_cap"],
         )
 
     def record_release(
@@ -893,6 +918,17 @@ class Tx:
             )
             yield from cur
 
+    def iter_unwrap_records(self, since: datetime | None) -> Iterator[dict[str, Any]]:
+        """The service's `key.unwrap` records (what caused each Vault unwrap)."""
+        with self.conn.cursor(name="audit_unwraps", row_factory=dict_row) as cur:
+            cur.itersize = 5000
+            cur.execute(
+                "SELECT at, tenant_id, patient_id FROM audit_events WHERE action = 'key.unwrap'"
+                " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s) ORDER BY at",
+                {"since": since},
+            )
+            yield from cur
+
     # -- health ------------------------------------------------------------------------
 
     def ping(self) -> None:
@@ -1002,7 +1038,7 @@ class Store:
 
     # -- schema --------------------------------------------------------------------
 
-    def migrate(self, app_role: str | None = None) -> list[int]:
+    def migrate(self, app_role: str | None = None, *, default_tenant_cap: int = 1000) -> list[int]:
         """Apply pending migrations in order; return the versions applied.
 
         With `app_role`, also (re)grant that role exactly what the service needs:
@@ -1028,6 +1064,11 @@ class Store:
                     (version, name),
                 )
                 applied.append(version)
+            # Tenants from before per-tenant caps get the configured default.
+            conn.execute(
+                "UPDATE tenants SET release_per_hour = %s WHERE release_per_hour IS NULL",
+                (default_tenant_cap,),
+            )
             if app_role:
                 _grant_app_role(conn, app_role)
             conn.commit()

@@ -31,12 +31,17 @@ import requests
 
 from crypto import DecryptionError, NewDataKey, WrappedKey
 from service import deadline
-from service.errors import KeyServiceUnavailable
+from service.errors import KeyServiceThrottled, KeyServiceUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUDIT_SIGNING_KEY = "sealednotes-audit"
+SERVICE_ROLE = "sealednotes-service"
+# Request parameters Vault's audit device logs in clear on the Transit mount:
+# only the derivation context (tenant id + patient id, no health data), so that
+# every unwrap in Vault's own log names its patient (`audit reconcile`).
+AUDIT_CLEAR_KEYS = ["context"]
 # OpenBao refuses JSON bodies with more than 1000 strings; a batch item carries 4.
 MAX_BATCH_ITEMS = 240
 _CIPHERTEXT_RE = re.compile(r"vault:v([1-9][0-9]{0,8}):(.+)", re.ASCII | re.DOTALL)
@@ -52,6 +57,10 @@ def dek_key_name(tenant_id: str) -> str:
 
 def index_key_name(tenant_id: str) -> str:
     return f"sealednotes-index-{tenant_id}"
+
+
+def unwrap_quota_name(tenant_id: str) -> str:
+    return f"sealednotes-unwrap-{tenant_id}"
 
 
 def parse_key_version(ciphertext: str) -> int:
@@ -72,15 +81,19 @@ class VaultKeyService:
         token: str | None = None,
         role_id: str | None = None,
         secret_id: str | None = None,
+        token_file: str | None = None,
         mount: str = "transit",
         timeout: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._addr = addr
         self._token = token
+        self._token_file = token_file
         self._role_id = role_id
         self._secret_id = secret_id
         self.mount = mount
         self._timeout = timeout
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._client: hvac.Client | None = None
         self._client_pid: int | None = None
@@ -92,8 +105,23 @@ class VaultKeyService:
 
     # -- connection -------------------------------------------------------------
 
+    def _relogs_in(self) -> bool:
+        """Whether a refused token can be replaced: a new AppRole login, or a fresh
+        token from the file Vault Agent keeps up to date."""
+        return bool((self._role_id and self._secret_id) or self._token_file)
+
+    def _file_token(self) -> str:
+        assert self._token_file is not None
+        try:
+            with open(self._token_file, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as e:
+            log.warning("vault token file unreadable: %s", type(e).__name__)
+            raise KeyServiceUnavailable() from e
+
     def _new_client(self) -> hvac.Client:
-        client = hvac.Client(url=self._addr, token=self._token, timeout=self._timeout)
+        token = self._file_token() if self._token_file else self._token
+        client = hvac.Client(url=self._addr, token=token, timeout=self._timeout)
         if self._role_id and self._secret_id:
             resp = client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)
             ttl = resp["auth"].get("lease_duration")
@@ -106,7 +134,7 @@ class VaultKeyService:
     def _schedule_renewal(self, ttl: Any) -> None:
         # Renew when two thirds of the lease have passed.
         if ttl:
-            self._renew_at = time.monotonic() + float(ttl) * 2 / 3
+            self._renew_at = self._monotonic() + float(ttl) * 2 / 3
         else:
             self._renew_at = None
 
@@ -131,7 +159,7 @@ class VaultKeyService:
             if self._client is None or self._client_pid != os.getpid():
                 self._client = self._new_client()
                 self._client_pid = os.getpid()
-            elif self._renew_at is not None and time.monotonic() >= self._renew_at:
+            elif self._renew_at is not None and self._monotonic() >= self._renew_at:
                 self._client = self._renew(self._client)
             return self._client
 
@@ -145,6 +173,11 @@ class VaultKeyService:
             # Transit answers 400 when a ciphertext fails authentication
             # (wrong derivation context, tampered or foreign ciphertext).
             raise DecryptionError() from e
+        except hvac.exceptions.RateLimitExceeded as e:
+            # A Vault rate-limit quota (the unwrap budget Vault keeps per tenant):
+            # never a fallback, the caller answers 503 and raises an alert.
+            log.warning("vault rate-limit quota exceeded")
+            raise KeyServiceThrottled() from e
         except hvac.exceptions.Forbidden as e:
             log.warning("vault refused the operation (policy): %s", type(e).__name__)
             raise KeyServiceUnavailable(
@@ -163,9 +196,9 @@ class VaultKeyService:
             try:
                 return fn(self.client())
             except hvac.exceptions.Forbidden:
-                if not (self._role_id and self._secret_id):
+                if not self._relogs_in():
                     raise
-                # An expired AppRole token: log in again once.
+                # An expired token: log in again (or re-read the token file) once.
                 with self._lock:
                     self._client = None
                 return fn(self.client())
@@ -173,13 +206,42 @@ class VaultKeyService:
     # -- setup (ops / CLI) -------------------------------------------------------
 
     def ensure_transit_mount(self) -> None:
+        """Enable Transit at the mount, and make Vault's audit device log the
+        derivation context of every request in clear (it names tenant and patient,
+        nothing else), so each unwrap in Vault's log can be reconciled."""
+
         def run(c: hvac.Client) -> None:
             mounts = c.sys.list_mounted_secrets_engines()
             data = mounts.get("data", mounts)
             if f"{self.mount}/" not in data:
                 c.sys.enable_secrets_engine("transit", path=self.mount)
+            c.sys.tune_mount_configuration(
+                path=self.mount, audit_non_hmac_request_keys=AUDIT_CLEAR_KEYS
+            )
 
         self._call(run)
+
+    def ensure_unwrap_quota(self, tenant_id: str, *, rate: int, interval: str = "1h") -> None:
+        """The Vault-side unwrap budget of one tenant: a rate-limit quota on its
+        data-key decrypt path. Vault keeps it, not the service, so it also binds
+        whoever holds the service's credentials."""
+        path = f"{self.mount}/decrypt/{dek_key_name(tenant_id)}"
+        self._call(
+            lambda c: c.write_data(
+                f"sys/quotas/rate-limit/{unwrap_quota_name(tenant_id)}",
+                data={"path": path, "rate": rate, "interval": interval},
+            )
+        )
+
+    def unwrap_quota(self, tenant_id: str) -> dict[str, Any] | None:
+        def run(c: hvac.Client) -> dict[str, Any] | None:
+            try:
+                resp = c.read(f"sys/quotas/rate-limit/{unwrap_quota_name(tenant_id)}")
+            except hvac.exceptions.InvalidPath:
+                return None
+            return dict(resp["data"]) if resp else None
+
+        return self._call(run)
 
     def ensure_tenant_keys(self, tenant_id: str) -> None:
         def run(c: hvac.Client) -> None:
@@ -336,9 +398,20 @@ class VaultKeyService:
         self._call(lambda c: c.sys.create_or_update_policy(name=name, policy=hcl))
 
     def ensure_approle(
-        self, role_name: str, policies: list[str], *, token_ttl: str, token_max_ttl: str
+        self,
+        role_name: str,
+        policies: list[str],
+        *,
+        token_ttl: str,
+        token_max_ttl: str,
+        secret_id_ttl: str = "168h",
+        secret_id_num_uses: int = 1000,
+        bound_cidrs: list[str] | None = None,
     ) -> str:
-        """Enable AppRole if needed and (re)write the role; returns its role_id."""
+        """Enable AppRole if needed and (re)write the role; returns its role_id.
+
+        Secret ids expire and wear out; with `bound_cidrs` both the secret id
+        (login) and the tokens it yields only work from those addresses."""
 
         def run(c: hvac.Client) -> str:
             methods = c.sys.list_auth_methods()
@@ -351,17 +424,46 @@ class VaultKeyService:
                 token_ttl=token_ttl,
                 token_max_ttl=token_max_ttl,
                 token_no_default_policy=True,
-                secret_id_ttl="0",
+                secret_id_ttl=secret_id_ttl,
+                secret_id_num_uses=secret_id_num_uses,
+                secret_id_bound_cidrs=bound_cidrs or [],
+                token_bound_cidrs=bound_cidrs or [],
                 token_type="service",
             )
             return str(c.auth.approle.read_role_id(role_name=role_name)["data"]["role_id"])
 
         return self._call(run)
 
-    def new_secret_id(self, role_name: str) -> str:
+    def new_secret_id(self, role_name: str, *, wrap_ttl: str | None = None) -> str:
+        """A new secret id, or with `wrap_ttl` a single-use response-wrapping token
+        that yields it (`unwrap_secret_id`), so the secret id itself never travels."""
+
+        def run(c: hvac.Client) -> str:
+            resp = c.auth.approle.generate_secret_id(role_name=role_name, wrap_ttl=wrap_ttl)
+            if wrap_ttl:
+                return str(resp["wrap_info"]["token"])
+            return str(resp["data"]["secret_id"])
+
+        return self._call(run)
+
+    def unwrap_secret_id(self, wrapping_token: str) -> str:
+        """Exchange a response-wrapping token for the secret id it wraps (once)."""
+        with self._translated():
+            # The wrapping token authenticates its own unwrap.
+            client = hvac.Client(url=self._addr, token=wrapping_token, timeout=self._timeout)
+            resp = client.sys.unwrap()
+            return str(resp["data"]["secret_id"])
+
+    def lookup_self(self) -> dict[str, Any]:
+        return self._call(lambda c: dict(c.auth.token.lookup_self()["data"]))
+
+    def create_token(self, policies: list[str], *, ttl: str) -> str:
+        """A token holding exactly `policies` (ops tokens for `sealednotes dev`)."""
         return self._call(
             lambda c: str(
-                c.auth.approle.generate_secret_id(role_name=role_name)["data"]["secret_id"]
+                c.auth.token.create(policies=policies, ttl=ttl, no_default_policy=True)["auth"][
+                    "client_token"
+                ]
             )
         )
 

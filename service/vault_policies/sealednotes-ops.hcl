@@ -129,6 +129,27 @@ path "sys/mounts/transit" {
   capabilities = ["create", "update", "read"]
 }
 
+# Tune the mount so Vault's audit device logs each request's derivation context
+# in clear (tenant + patient ids: `audit reconcile` needs them). Only that key:
+# logging response keys in clear (`audit_non_hmac_response_keys`) would put
+# unwrapped patient keys into the audit log, so no other parameter is allowed.
+path "sys/mounts/transit/tune" {
+  capabilities = ["read", "update"]
+  # The allowed value is the whole list ["context"] (a list of allowed lists).
+  allowed_parameters = {
+    "audit_non_hmac_request_keys" = [["context"]]
+  }
+}
+
+# -- Vault's own unwrap budget: one rate-limit quota per tenant -------------------------
+
+# sys/quotas/rate-limit/sealednotes-unwrap-<tenant> on
+# transit/decrypt/sealednotes-dek-<tenant> (vault-setup, tenants create,
+# tenants set-cap). Ops size it; the service cannot touch it.
+path "sys/quotas/rate-limit/sealednotes-unwrap-*" {
+  capabilities = ["create", "update", "read"]
+}
+
 # -- policies and the service's AppRole (see WARNING above) ----------------------------
 
 # Write sealednotes-service / sealednotes-ops from deploy/vault/*.hcl.

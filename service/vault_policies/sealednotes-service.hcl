@@ -1,10 +1,13 @@
 # Vault / OpenBao policy for the Sealed Notes service (the API workers).
 #
-# Least privilege (DESIGN.md P3, P13): the service may USE its Transit keys
-# (wrap/unwrap patient data keys, compute the blind index, sign audit
-# checkpoints) but never manage them: no export, no backup, no create, delete,
-# rotate or config. Those belong to ops (sealednotes-ops.hcl), and export and
-# backup belong to nobody.
+# Least privilege: the service may only do what the API workers do with its
+# Transit keys (new data keys, one unwrap per request, the blind index, audit
+# checkpoint signatures) and never manage them: no batch requests, no encrypt,
+# no rewrap, no key metadata, no export, no backup, no create, delete, rotate or
+# config. Management belongs to ops (sealednotes-ops.hcl); export and backup
+# belong to nobody. A token with this policy is what an attacker gets by
+# stealing the service's credentials: Vault's unwrap quota bounds it, and
+# Vault's audit device records every unwrap (`sealednotes audit reconcile`).
 #
 # Key names (service/vault.py):
 #   sealednotes-dek-<tenant_id>    aes256-gcm96, derived=true: wraps patient data keys
@@ -33,61 +36,53 @@ path "transit/datakey/plaintext/sealednotes-dek-*" {
   capabilities = ["update"]
 }
 
-# Key release: unwrap a patient's wrapped data key (derivation context must
-# match, so a wrapped key only unwraps for its own patient).
+# Key release: unwrap ONE patient's wrapped data key per request (the derivation
+# context must match, so a wrapped key only unwraps for its own patient).
+# Batch requests are refused: the workers never send them, and with them the
+# service's credentials would unwrap tens of thousands of keys per second.
+# Each tenant's decrypt path also carries a Vault rate-limit quota
+# (sys/quotas/rate-limit/sealednotes-unwrap-<tenant>, written by vault-setup and
+# `tenants create`): Vault's own hourly unwrap budget, whoever holds this policy.
 path "transit/decrypt/sealednotes-dek-*" {
   capabilities = ["update"]
+  denied_parameters = {
+    "batch_input" = []
+  }
 }
 
-# Wrap a locally generated data key (alternative to datakey, same key).
-path "transit/encrypt/sealednotes-dek-*" {
-  capabilities = ["update"]
-}
-
-# Re-encrypt wrapped keys under the newest key version without ever seeing the
-# plaintext (the batched rewrap phase of `sealednotes keys rotate`).
-path "transit/rewrap/sealednotes-dek-*" {
-  capabilities = ["update"]
-}
+# Deliberately NOT granted: transit/encrypt (the service wraps keys only through
+# datakey) and transit/rewrap (key rotation belongs to ops, sealednotes-ops.hcl).
 
 # -- blind index: sealednotes-index-<tenant> -----------------------------------------
 
 # HMAC of a patient external identifier (MRN, SSN) so it can be looked up
-# without being stored. The service passes the algorithm in the request body
-# (POST transit/hmac/<key>); the second path covers the URL form
-# transit/hmac/<key>/<algorithm>. (The trailing glob of the first path already
-# matches that form too; the second line is kept to make the intent explicit.)
+# without being stored, one identifier per request (no batch: mass hashing of
+# candidate identifiers is what an attacker holding a dump would want). The
+# trailing glob also covers the URL form transit/hmac/<key>/<algorithm>.
 path "transit/hmac/sealednotes-index-*" {
   capabilities = ["update"]
-}
-
-path "transit/hmac/sealednotes-index-*/*" {
-  capabilities = ["update"]
+  denied_parameters = {
+    "batch_input" = []
+  }
 }
 
 # -- audit checkpoints: sealednotes-audit --------------------------------------------
 
-# Sign audit-log checkpoints and verify them in `audit verify` (ed25519; no
-# hash-algorithm suffix is used, so the exact paths suffice).
+# Sign audit-log checkpoints (one at a time) and verify them in `audit verify`
+# (ed25519; no hash-algorithm suffix is used, so the exact paths suffice).
 path "transit/sign/sealednotes-audit" {
   capabilities = ["update"]
+  denied_parameters = {
+    "batch_input" = []
+  }
 }
 
 path "transit/verify/sealednotes-audit" {
   capabilities = ["update"]
 }
 
-# -- key metadata ----------------------------------------------------------------------
-
-# Read key metadata (latest_version, min_decryption_version, public key of the
-# audit key) for `keys status` and to tag wrapped keys with their version.
-# `read` only: creating (POST transit/keys/<name>), rotating
-# (.../rotate), configuring (.../config), trimming and deleting all need other
-# capabilities, which this policy does not grant. Reading a key never returns
-# its secret material.
-path "transit/keys/sealednotes-*" {
-  capabilities = ["read"]
-}
+# Key metadata (versions, min_decryption_version) is ops' business
+# (`keys status`, rotation): the workers never read it, so it is not granted.
 
 # -- the token itself ------------------------------------------------------------------
 
@@ -108,6 +103,7 @@ path "sys/health" {
   capabilities = ["read"]
 }
 
-# Deliberately absent (so refused): transit/export/*, transit/backup/*,
-# transit/restore*, transit/keys/* create/update/delete (create, rotate,
-# config, trim, import), sys/policies/*, sys/mounts/*, auth/approle/*.
+# Deliberately absent (so refused): transit/encrypt/*, transit/rewrap/*,
+# transit/keys/* (read, create, rotate, config, trim, import, delete),
+# transit/export/*, transit/backup/*, transit/restore*, sys/policies/*,
+# sys/mounts/*, sys/quotas/*, auth/approle/*.

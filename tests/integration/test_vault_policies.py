@@ -125,20 +125,21 @@ def test_service_wraps_and_unwraps_data_keys(vault: Vault, tenant: str) -> None:
         svc.unwrap(new.wrapped, tenant_id=tenant, context=other)
 
 
-def test_service_encrypts_rewraps_and_reads_key_metadata(vault: Vault, tenant: str) -> None:
+def test_service_unwraps_one_key_per_request_only(vault: Vault, tenant: str) -> None:
+    """P15: batch unwraps are refused (the workers never send them)."""
+    svc = vault.keys(vault.service_token)
+    ctx = key_context(tenant_id=tenant, patient_id="patient-1")
+    new = svc.new_data_key(tenant_id=tenant, context=ctx)
+    item = {"ciphertext": new.wrapped.ciphertext, "context": b64(ctx)}
     t = vault.service.secrets.transit
-    ctx = b64(key_context(tenant_id=tenant, patient_id="patient-1"))
-    dek = dek_key_name(tenant)
-
-    wrapped = t.encrypt_data(name=dek, plaintext=b64(bytes(32)), context=ctx)["data"]["ciphertext"]
-    rewrapped = t.rewrap_data(name=dek, ciphertext=wrapped, context=ctx)["data"]["ciphertext"]
-    assert parse_key_version(rewrapped) == 1
-    plain = t.decrypt_data(name=dek, ciphertext=rewrapped, context=ctx)["data"]["plaintext"]
-    assert base64.b64decode(plain) == bytes(32)
-
-    info = vault.keys(vault.service_token).read_key(dek)
-    assert info["latest_version"] == 1
-    assert info["exportable"] is False
+    with pytest.raises(hvac.exceptions.Forbidden):
+        t.decrypt_data(name=dek_key_name(tenant), ciphertext="", batch_input=[item, item])
+    with pytest.raises(hvac.exceptions.Forbidden):  # a batch of one is still a batch
+        t.decrypt_data(name=dek_key_name(tenant), ciphertext="", batch_input=[item])
+    plain = t.decrypt_data(
+        name=dek_key_name(tenant), ciphertext=item["ciphertext"], context=item["context"]
+    )
+    assert base64.b64decode(plain["data"]["plaintext"]) == new.plaintext
 
 
 def test_service_computes_the_blind_index(vault: Vault, tenant: str) -> None:
@@ -212,6 +213,27 @@ SERVICE_REFUSED: dict[str, Op] = {
     "use another application's key": lambda c, t: c.secrets.transit.encrypt_data(
         name=FOREIGN_KEY, plaintext=b64(b"x")
     ),
+    # P15: nothing the API workers never call.
+    "wrap with the data-key key": lambda c, t: c.secrets.transit.encrypt_data(
+        name=dek_key_name(t), plaintext=b64(bytes(32)), context=b64(b"x")
+    ),
+    "rewrap a data key": lambda c, t: c.secrets.transit.rewrap_data(
+        name=dek_key_name(t), ciphertext="vault:v1:AAAA", context=b64(b"x")
+    ),
+    "read key metadata": lambda c, t: c.secrets.transit.read_key(name=dek_key_name(t)),
+    "hash identifiers in batch": lambda c, t: c.write_data(
+        f"transit/hmac/{index_key_name(t)}", data={"batch_input": [{"input": b64(b"MRN-1")}]}
+    ),
+    "sign in batch": lambda c, t: c.write_data(
+        f"transit/sign/{AUDIT_SIGNING_KEY}", data={"batch_input": [{"input": b64(b"x")}]}
+    ),
+    "read the unwrap quota": lambda c, t: c.read(f"sys/quotas/rate-limit/sealednotes-unwrap-{t}"),
+    "lift the unwrap quota": lambda c, t: c.write_data(
+        f"sys/quotas/rate-limit/sealednotes-unwrap-{t}", data={"rate": 1e9}
+    ),
+    "log unwrapped keys in clear": lambda c, t: c.sys.tune_mount_configuration(
+        path="transit", audit_non_hmac_response_keys=["plaintext"]
+    ),
 }
 
 
@@ -243,6 +265,18 @@ def test_ops_rotates_rewraps_and_retires_old_versions(vault: Vault, tenant: str)
     assert svc.unwrap(wrapped_v2, tenant_id=tenant, context=ctx) == new.plaintext
     with pytest.raises(DecryptionError):  # version 1 is retired
         svc.unwrap(new.wrapped, tenant_id=tenant, context=ctx)
+
+
+def test_ops_sizes_the_unwrap_quota_and_tunes_the_audit_context(vault: Vault, tenant: str) -> None:
+    ops = vault.keys(vault.ops_token)
+    ops.ensure_unwrap_quota(tenant, rate=123)
+    quota = ops.unwrap_quota(tenant)
+    assert quota is not None
+    assert (quota["rate"], quota["interval"]) == (123, 3600)
+    assert quota["path"] == f"transit/decrypt/{dek_key_name(tenant)}"
+    ops.ensure_transit_mount()  # tunes audit_non_hmac_request_keys = [context]
+    tune = vault.root.sys.read_mount_configuration(path="transit")["data"]
+    assert tune["audit_non_hmac_request_keys"] == ["context"]
 
 
 def test_ops_creates_keys_the_way_the_service_does(vault: Vault) -> None:
@@ -304,6 +338,15 @@ OPS_REFUSED: dict[str, Op] = {
         name="admin", policy='path "*" { capabilities = ["sudo"] }'
     ),
     "enable another auth method": lambda c, t: c.sys.enable_auth_method("userpass"),
+    "log unwrapped keys in clear": lambda c, t: c.sys.tune_mount_configuration(
+        path="transit", audit_non_hmac_response_keys=["plaintext"]
+    ),
+    "log identifiers in clear": lambda c, t: c.sys.tune_mount_configuration(
+        path="transit", audit_non_hmac_request_keys=["context", "input"]
+    ),
+    "set a quota on something else": lambda c, t: c.write_data(
+        "sys/quotas/rate-limit/global", data={"rate": 1, "path": ""}
+    ),
     "mount another engine": lambda c, t: c.sys.enable_secrets_engine("kv", path="kv"),
 }
 

@@ -255,3 +255,42 @@ def test_timeouts_must_be_positive_numbers(name: str, raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(_env(**{name: raw}))
     assert name in str(info.value)
+
+
+def test_token_file_alone_is_enough() -> None:
+    s = Settings.from_env(_env(VAULT_TOKEN=None, SEALEDNOTES_VAULT_TOKEN_FILE="/run/vault/token"))
+    assert s.vault_token is None and s.vault_token_file == "/run/vault/token"
+
+
+def test_wrapped_secret_id_with_role_id_is_enough_and_hidden() -> None:
+    wrapped = "hvs.WRAPPINGTOKEN-77"
+    s = Settings.from_env(
+        _env(
+            VAULT_TOKEN=None,
+            SEALEDNOTES_VAULT_ROLE_ID="role-1",
+            SEALEDNOTES_VAULT_WRAPPED_SECRET_ID=wrapped,
+        )
+    )
+    assert s.vault_wrapped_secret_id == wrapped and s.vault_secret_id is None
+    assert wrapped not in repr(s)
+
+
+def test_secret_id_and_wrapped_secret_id_together_are_rejected() -> None:
+    env = _env(
+        SEALEDNOTES_VAULT_ROLE_ID="role-1",
+        SEALEDNOTES_VAULT_SECRET_ID=SECRET_ID,
+        SEALEDNOTES_VAULT_WRAPPED_SECRET_ID="hvs.w",
+    )
+    with pytest.raises(ConfigError, match="not both"):
+        Settings.from_env(env)
+
+
+def test_unwrap_headroom_default_and_bounds() -> None:
+    assert Settings.from_env(_env()).vault_unwrap_headroom == 5.0
+    assert (
+        Settings.from_env(_env(SEALEDNOTES_VAULT_UNWRAP_HEADROOM="2.5")).vault_unwrap_headroom
+        == 2.5
+    )
+    for bad in ("0.5", "0", "-1", "nan", "lots"):
+        with pytest.raises(ConfigError, match="SEALEDNOTES_VAULT_UNWRAP_HEADROOM"):
+            Settings.from_env(_env(SEALEDNOTES_VAULT_UNWRAP_HEADROOM=bad))
