@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from service import auditchain
 from service.clock import Clock
 from service.errors import Forbidden
 from service.models import AuditEvent, Principal, Role
+from service.reconcile import ReconcileReport, ServiceUnwrap, read_vault_unwraps, reconcile
 from service.store import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,35 @@ class AuditService:
             first_bad=_without_location(report.first_bad),
             problems=[p for p in (_without_location(x) for x in report.problems) if p],
         )
+
+    def reconcile_vault(
+        self,
+        vault_log_lines: Iterator[str],
+        *,
+        mount: str,
+        since: datetime | None,
+        tolerance: timedelta,
+    ) -> ReconcileReport:
+        """Match every data-key unwrap in Vault's audit log to the service record
+        of its cause; record the check itself in the access log."""
+        unwraps, unreadable = read_vault_unwraps(vault_log_lines, mount=mount, since=since)
+        window_start = since - tolerance if since else None
+        with self._store.transaction() as tx:
+            records = [
+                ServiceUnwrap(r["at"], str(r["tenant_id"]), str(r["patient_id"]))
+                for r in tx.iter_unwrap_records(window_start)
+                if r["tenant_id"] is not None and r["patient_id"] is not None
+            ]
+        report = reconcile(unwraps, records, tolerance=tolerance, unreadable_lines=unreadable)
+        with self._store.transaction() as tx:
+            self._audit.record(
+                tx,
+                self._clock.now(),
+                action="audit.reconcile",
+                outcome="granted" if report.ok else "alert",
+                reason=f"vault_unwraps={report.vault_unwraps} unmatched={report.unmatched}",
+            )
+        return report
 
     def export(
         self, *, since: datetime | None = None, tenant_id: str | None = None

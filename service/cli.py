@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -24,10 +25,32 @@ def _settings() -> Settings:
         raise click.ClickException(str(e)) from e
 
 
+def _default_tenant_cap() -> int:
+    raw = os.environ.get("SEALEDNOTES_TENANT_RELEASE_PER_HOUR") or "1000"
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise click.ClickException("SEALEDNOTES_TENANT_RELEASE_PER_HOUR must be an integer >= 1")
+    return int(raw)
+
+
+def _resolve_wrapped_secret_id(settings: Settings) -> Settings:
+    """Exchange a response-wrapped AppRole secret id once, in this process (before
+    gunicorn forks its workers), so the workers log in with the secret id itself."""
+    if not settings.vault_wrapped_secret_id:
+        return settings
+    import dataclasses
+
+    from service.vault import VaultKeyService
+
+    keys = VaultKeyService(addr=settings.vault_addr, timeout=settings.vault_timeout)
+    with _errors():
+        secret_id = keys.unwrap_secret_id(settings.vault_wrapped_secret_id)
+    return dataclasses.replace(settings, vault_secret_id=secret_id, vault_wrapped_secret_id=None)
+
+
 def _services() -> Any:
     from service.app import build_services
 
-    return build_services(_settings())
+    return build_services(_resolve_wrapped_secret_id(_settings()))
 
 
 def _emit(as_json: bool, obj: dict[str, Any], text: str) -> None:
@@ -67,7 +90,8 @@ def migrate(app_role: str | None, as_json: bool) -> None:
     if not url:
         raise click.ClickException("SEALEDNOTES_DATABASE_URL is required")
     with _errors():
-        applied = Store(url).migrate(app_role=app_role)
+        default_cap = _default_tenant_cap()
+        applied = Store(url).migrate(app_role=app_role, default_tenant_cap=default_cap)
     _emit(
         as_json,
         {"applied": applied, "app_role": app_role},
@@ -86,54 +110,137 @@ def migrate(app_role: str | None, as_json: bool) -> None:
 @click.option(
     "--issue-secret-id", is_flag=True, help="Also generate a new AppRole secret_id (printed once)."
 )
-@click.option("--token-ttl", default="1h", show_default=True)
-@click.option("--token-max-ttl", default="24h", show_default=True)
+@click.option(
+    "--wrap-ttl",
+    default=None,
+    help="With --issue-secret-id: hand out a single-use response-wrapping token instead "
+    "of the secret_id (SEALEDNOTES_VAULT_WRAPPED_SECRET_ID), valid this long (e.g. 10m).",
+)
+@click.option("--token-ttl", default="15m", show_default=True, help="Service token TTL.")
+@click.option("--token-max-ttl", default="1h", show_default=True, help="Then a new login.")
+@click.option(
+    "--secret-id-ttl", default="168h", show_default=True, help="A secret_id expires after this."
+)
+@click.option(
+    "--secret-id-num-uses",
+    type=click.IntRange(0, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="Logins one secret_id allows (0: unlimited).",
+)
+@click.option(
+    "--bound-cidr",
+    "bound_cidrs",
+    multiple=True,
+    envvar="SEALEDNOTES_VAULT_BOUND_CIDRS",
+    default=["127.0.0.1/32"],
+    show_default=True,
+    help="Addresses the service logs in and uses its tokens from (repeat; env "
+    "SEALEDNOTES_VAULT_BOUND_CIDRS, space-separated). Set your service subnet in production.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def vault_setup(
-    approle: bool, issue_secret_id: bool, token_ttl: str, token_max_ttl: str, as_json: bool
+    approle: bool,
+    issue_secret_id: bool,
+    wrap_ttl: str | None,
+    token_ttl: str,
+    token_max_ttl: str,
+    secret_id_ttl: str,
+    secret_id_num_uses: int,
+    bound_cidrs: tuple[str, ...],
+    as_json: bool,
 ) -> None:
-    """Transit mount, keys, policies and the service AppRole (idempotent; ops credentials)."""
-    from importlib import resources
-
+    """Transit mount, keys, unwrap quotas, policies and the service AppRole
+    (idempotent; ops credentials)."""
     svc = _services()
-    out: dict[str, Any] = {"ok": True, "mount": svc.keys.mount}
+    cidrs = [c for entry in bound_cidrs for c in entry.split() if c]
     with _errors():
-        svc.keys.ensure_transit_mount()
-        svc.keys.ensure_audit_signing_key()
-        with svc.store.transaction() as tx:
-            tenants = tx.all_tenants()
-        for t in tenants:
-            svc.keys.ensure_tenant_keys(t.id)
-        out["tenants"] = len(tenants)
-        policies = []
-        for name in ("sealednotes-service", "sealednotes-ops"):
-            hcl = resources.files("service.vault_policies").joinpath(f"{name}.hcl").read_text()
-            svc.keys.write_policy(name, hcl)
-            policies.append(name)
-        out["policies"] = policies
-        if approle:
-            role_id = svc.keys.ensure_approle(
-                "sealednotes-service",
-                ["sealednotes-service"],
-                token_ttl=token_ttl,
-                token_max_ttl=token_max_ttl,
-            )
-            out["approle"] = {"role_name": "sealednotes-service", "role_id": role_id}
-            if issue_secret_id:
-                out["approle"]["secret_id"] = svc.keys.new_secret_id("sealednotes-service")
+        out = vault_bootstrap(
+            svc,
+            approle=approle,
+            issue_secret_id=issue_secret_id,
+            wrap_ttl=wrap_ttl,
+            token_ttl=token_ttl,
+            token_max_ttl=token_max_ttl,
+            secret_id_ttl=secret_id_ttl,
+            secret_id_num_uses=secret_id_num_uses,
+            bound_cidrs=cidrs,
+        )
     if as_json:
         click.echo(json.dumps(out))
         return
     click.echo(
-        f"transit mount '{out['mount']}' ready; keys ensured for {out['tenants']} "
-        f"tenant(s); policies written: {', '.join(out['policies'])}"
+        f"transit mount '{out['mount']}' ready; keys and unwrap quotas ensured for "
+        f"{out['tenants']} tenant(s); policies written: {', '.join(out['policies'])}"
     )
+    for q in out["quotas"]:
+        click.echo(f"  tenant {q['tenant']}: Vault allows {q['rate']} unwraps/hour per client")
     if "approle" in out:
-        click.echo(
-            f"AppRole sealednotes-service: SEALEDNOTES_VAULT_ROLE_ID={out['approle']['role_id']}"
+        a = out["approle"]
+        click.echo(f"AppRole {a['role_name']}: SEALEDNOTES_VAULT_ROLE_ID={a['role_id']}")
+        click.echo(f"  logins and tokens bound to {', '.join(cidrs) or 'any address'}")
+        if "secret_id" in a:
+            click.echo(f"SEALEDNOTES_VAULT_SECRET_ID={a['secret_id']}  (shown once)")
+        if "wrapped_secret_id" in a:
+            click.echo(
+                f"SEALEDNOTES_VAULT_WRAPPED_SECRET_ID={a['wrapped_secret_id']}  "
+                f"(single use, expires in {wrap_ttl})"
+            )
+
+
+def vault_bootstrap(
+    svc: Any,
+    *,
+    approle: bool = True,
+    issue_secret_id: bool = False,
+    wrap_ttl: str | None = None,
+    token_ttl: str = "15m",
+    token_max_ttl: str = "1h",
+    secret_id_ttl: str = "168h",
+    secret_id_num_uses: int = 1000,
+    bound_cidrs: list[str] | None = None,
+) -> dict[str, Any]:
+    """What `vault-setup` does, also used by `sealednotes dev`."""
+    from importlib import resources
+
+    from service.vault import SERVICE_ROLE
+
+    out: dict[str, Any] = {"ok": True, "mount": svc.keys.mount}
+    svc.keys.ensure_transit_mount()
+    svc.keys.ensure_audit_signing_key()
+    with svc.store.transaction() as tx:
+        tenants = tx.all_tenants()
+    quotas = []
+    for t in tenants:
+        svc.keys.ensure_tenant_keys(t.id)
+        quotas.append({"tenant": t.name, "rate": svc.principals.ensure_vault_quota(t)})
+    out["tenants"] = len(tenants)
+    out["quotas"] = quotas
+    policies = []
+    for name in (SERVICE_ROLE, "sealednotes-ops"):
+        hcl = resources.files("service.vault_policies").joinpath(f"{name}.hcl").read_text()
+        svc.keys.write_policy(name, hcl)
+        policies.append(name)
+    out["policies"] = policies
+    if approle:
+        role_id = svc.keys.ensure_approle(
+            SERVICE_ROLE,
+            [SERVICE_ROLE],
+            token_ttl=token_ttl,
+            token_max_ttl=token_max_ttl,
+            secret_id_ttl=secret_id_ttl,
+            secret_id_num_uses=secret_id_num_uses,
+            bound_cidrs=bound_cidrs,
         )
-        if "secret_id" in out["approle"]:
-            click.echo(f"SEALEDNOTES_VAULT_SECRET_ID={out['approle']['secret_id']}  (shown once)")
+        out["approle"] = {
+            "role_name": SERVICE_ROLE,
+            "role_id": role_id,
+            "bound_cidrs": bound_cidrs or [],
+        }
+        if issue_secret_id:
+            issued = svc.keys.new_secret_id(SERVICE_ROLE, wrap_ttl=wrap_ttl)
+            out["approle"]["wrapped_secret_id" if wrap_ttl else "secret_id"] = issued
+    return out
 
 
 # -- tenants and principals -------------------------------------------------------------
@@ -152,6 +259,29 @@ def tenants_create(name: str, as_json: bool) -> None:
     with _errors():
         tenant = _services().principals.create_tenant(name)
     _emit(as_json, {"id": tenant.id, "name": tenant.name}, f"tenant {tenant.name}: {tenant.id}")
+
+
+@tenants.command("set-cap")
+@click.argument("name")
+@click.argument("release_per_hour", type=click.IntRange(1, 10_000_000))
+@click.option("--json", "as_json", is_flag=True)
+def tenants_set_cap(name: str, release_per_hour: int, as_json: bool) -> None:
+    """Set a tenant's hourly release cap and Vault's unwrap quota with it
+    (schema owner's database URL, ops Vault credentials)."""
+    with _errors():
+        svc = _services()
+        tenant = svc.principals.set_tenant_cap(name, release_per_hour)
+        rate = svc.principals.unwrap_quota_rate(tenant)
+    _emit(
+        as_json,
+        {
+            "id": tenant.id,
+            "name": tenant.name,
+            "release_per_hour": release_per_hour,
+            "vault_unwraps_per_hour": rate,
+        },
+        f"tenant {tenant.name}: {release_per_hour} patients/hour; Vault allows {rate} unwraps/hour",
+    )
 
 
 @main.group()
@@ -401,6 +531,72 @@ def audit_verify(as_json: bool) -> None:
         sys.exit(1)
 
 
+@audit.command("reconcile")
+@click.option(
+    "--vault-audit-log",
+    "vault_log",
+    required=True,
+    type=click.File("r", encoding="utf-8", errors="replace"),
+    help="Vault's file audit device output (JSON lines; - for standard input).",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+    default=None,
+    help="Only Vault unwraps at or after this time (UTC if no offset).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds between an unwrap in Vault's log and the service record of its cause.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def audit_reconcile(vault_log: Any, since: Any, tolerance: float, as_json: bool) -> None:
+    """Match every data-key unwrap Vault logged to the service request that caused it.
+    Exits 1 (and raises an alert) when Vault unwrapped keys the service did not."""
+    from datetime import UTC, timedelta
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    svc = _services()
+    with _errors():
+        report = svc.audit_service.reconcile_vault(
+            iter(vault_log),
+            mount=svc.keys.mount,
+            since=since,
+            tolerance=timedelta(seconds=tolerance),
+        )
+    out = report.as_dict()
+    if not report.ok:
+        svc.alerts.emit(
+            "vault-unwraps-unmatched",
+            unmatched=report.unmatched,
+            first=out["unmatched_first"],
+            last=out["unmatched_last"],
+            clients=out["unmatched_by_client"],
+        )
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(
+            f"{'OK' if report.ok else 'UNMATCHED UNWRAPS'}: {report.vault_unwraps} unwraps in "
+            f"Vault's log, {report.matched} matched to the service's records, "
+            f"{report.unmatched} unmatched"
+        )
+        if not report.ok:
+            click.echo(
+                f"  first {out['unmatched_first']}, last {out['unmatched_last']}, "
+                f"by client address {out['unmatched_by_client']}"
+            )
+            click.echo(
+                "  runbook: docs/operations.md, 'The service's credentials may be compromised'"
+            )
+    if not report.ok:
+        sys.exit(1)
+
+
 @audit.command("checkpoint")
 @click.option("--json", "as_json", is_flag=True)
 def audit_checkpoint(as_json: bool) -> None:
@@ -489,7 +685,7 @@ def _run_gunicorn(settings: Settings, app_factory: Any, workers: int | None = No
 def serve(workers: int | None) -> None:
     """Serve the API with gunicorn; configuration from the environment."""
     _prepare_serving()
-    settings = _settings()
+    settings = _resolve_wrapped_secret_id(_settings())
     from service.app import create_app
 
     _run_gunicorn(settings, lambda: create_app(settings), workers)
@@ -519,7 +715,7 @@ def dev(host: str, port: int, state_dir: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     click.echo(f"state in {state_dir}")
     pg = EmbeddedPostgres(state_dir / "pgdata").start()
-    bao = BaoServer(state_dir / "openbao", dev=False)
+    bao = BaoServer(state_dir / "openbao", dev=False, audit_log=state_dir / "openbao" / "audit.log")
     try:
         bao.start()
         ensure_database(pg.admin_url, "sealednotes")
@@ -527,28 +723,67 @@ def dev(host: str, port: int, state_dir: Path) -> None:
         from service.store import Store
 
         # Schema as the owner; the service itself runs as the least-privileged role.
-        Store(owner_url).migrate(app_role="sealednotes_app")
-        env = {
-            "SEALEDNOTES_DATABASE_URL": url_with_user(owner_url, "sealednotes_app"),
-            "VAULT_ADDR": bao.addr,
-            "VAULT_TOKEN": bao.root_token,
-            "SEALEDNOTES_BIND": f"{host}:{port}",
-        }
-        os.environ.update(env)
-        settings = _settings()
+        Store(owner_url).migrate(
+            app_role="sealednotes_app", default_tenant_cap=_default_tenant_cap()
+        )
+        app_url = url_with_user(owner_url, "sealednotes_app")
+        # The root token sets Vault up and creates the demo data, exactly as ops would;
+        # it never reaches the service, which logs in with its AppRole like production.
+        for name in (
+            "VAULT_TOKEN",
+            "SEALEDNOTES_VAULT_TOKEN_FILE",
+            "SEALEDNOTES_VAULT_ROLE_ID",
+            "SEALEDNOTES_VAULT_SECRET_ID",
+            "SEALEDNOTES_VAULT_WRAPPED_SECRET_ID",
+        ):
+            os.environ.pop(name, None)
+        os.environ.update(
+            {
+                "SEALEDNOTES_DATABASE_URL": app_url,
+                "VAULT_ADDR": bao.addr,
+                "SEALEDNOTES_BIND": f"{host}:{port}",
+            }
+        )
         from service.app import build_services, create_app
 
-        svc = build_services(settings)
-        svc.keys.ensure_transit_mount()
-        svc.keys.ensure_audit_signing_key()
-        demo = _demo_data(svc)
-        svc.store.close()
+        ops = build_services(
+            dataclasses.replace(
+                _settings_with(VAULT_TOKEN=bao.root_token), vault_token=bao.root_token
+            )
+        )
+        setup = vault_bootstrap(ops, issue_secret_id=True, bound_cidrs=["127.0.0.1/32"])
+        demo = _demo_data(ops)
+        ops_token = ops.keys.create_token(["sealednotes-ops"], ttl="24h")
+        ops.store.close()
+        approle = setup["approle"]
+        os.environ["SEALEDNOTES_VAULT_ROLE_ID"] = approle["role_id"]
+        os.environ["SEALEDNOTES_VAULT_SECRET_ID"] = approle["secret_id"]
+        settings = _settings()
+        assert settings.vault_token is None
         base = f"http://{host}:{port}"
-        click.echo(_banner(base, demo, env))
+        click.echo(
+            _banner(
+                base,
+                demo,
+                {
+                    "SEALEDNOTES_DATABASE_URL": app_url,
+                    "VAULT_ADDR": bao.addr,
+                    "VAULT_TOKEN": ops_token,
+                    "VAULT_AUDIT_LOG": str(bao.audit_log),
+                },
+            )
+        )
         _run_gunicorn(settings, lambda: create_app(settings), workers=2)
     finally:
         bao.stop()
         pg.stop()
+
+
+def _settings_with(**env: str) -> Settings:
+    try:
+        return Settings.from_env({**os.environ, **env})
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
 
 
 def _demo_data(svc: Any) -> dict[str, Any]:
@@ -560,6 +795,7 @@ def _demo_data(svc: Any) -> dict[str, Any]:
     except Conflict:
         tenant = svc.principals.tenant("demo")
         svc.keys.ensure_tenant_keys(tenant.id)
+        svc.principals.ensure_vault_quota(tenant)
     tokens: dict[str, str] = {}
     ids: dict[str, str] = {}
     for name, role in [
@@ -571,12 +807,7 @@ def _demo_data(svc: Any) -> dict[str, Any]:
         try:
             issued = svc.principals.create_principal("demo", name, role)
         except Conflict:
-            with svc.store.transaction() as tx:
-                row = tx.conn.execute(
-                    "SELECT id FROM principals WHERE tenant_id = %s AND name = %s",
-                    (tenant.id, name),
-                ).fetchone()
-            issued = svc.principals.issue_token(str(row["id"]))
+            issued = svc.principals.issue_token(svc.principals.principal_by_name("demo", name).id)
         tokens[role.value] = issued.token
         ids[role.value] = issued.principal_id
     from service.auth import authenticate
@@ -596,9 +827,12 @@ def _banner(base: str, demo: dict[str, Any], env: dict[str, str]) -> str:
     return f"""
 Sealed Notes is starting on {base}   (Ctrl-C stops everything)
 
-Environment for other sealednotes commands in another shell:
+The API runs under its AppRole (policy sealednotes-service only). For other
+sealednotes commands in another shell, an ops token (policy sealednotes-ops, 24 h):
   export SEALEDNOTES_DATABASE_URL='{env["SEALEDNOTES_DATABASE_URL"]}'
   export VAULT_ADDR='{env["VAULT_ADDR"]}' VAULT_TOKEN='{env["VAULT_TOKEN"]}'
+Vault's own log of every request (for `sealednotes audit reconcile`):
+  {env["VAULT_AUDIT_LOG"]}
 
 Demo tokens (tenant "demo"):
   export CLINICIAN_TOKEN='{t["clinician"]}'

@@ -50,6 +50,9 @@ class BaoServer:
 
     workdir: Path
     dev: bool = True
+    # Vault's own record of every request (a file audit device, declared in the
+    # server configuration: OpenBao refuses to enable audit devices over the API).
+    audit_log: Path | None = None
     port: int = 0
     root_token: str = ""
     process: subprocess.Popen[bytes] | None = None
@@ -74,6 +77,10 @@ class BaoServer:
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 "-dev-no-store-token",
             ]
+            if self.audit_log is not None:
+                extra = self.workdir / "audit.hcl"
+                extra.write_text(self._audit_stanza())
+                args.append(f"-config={extra}")
         else:
             config = self.workdir / "bao.hcl"
             data = self.workdir / "raft"
@@ -92,7 +99,7 @@ class BaoServer:
                 f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n}}\n'
                 f'api_addr = "http://127.0.0.1:{self.port}"\n'
                 f'cluster_addr = "http://127.0.0.1:{cluster_port}"\n'
-                "disable_mlock = true\n"
+                "disable_mlock = true\n" + (self._audit_stanza() if self.audit_log else "")
             )
             args = [bao_binary(), "server", f"-config={config}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
@@ -105,6 +112,13 @@ class BaoServer:
             self._init_or_unseal()
         self.wait_ready()
         return self
+
+    def _audit_stanza(self) -> str:
+        assert self.audit_log is not None
+        return (
+            'audit "file" "sealednotes" {\n  options {\n'
+            f'    file_path = "{self.audit_log}"\n    mode = "0600"\n  }}\n}}\n'
+        )
 
     def _request(
         self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 5
