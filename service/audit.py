@@ -40,7 +40,6 @@ class AuditLog:
     def record(
         self,
         tx: Tx,
-        now: datetime,
         *,
         action: str,
         outcome: str,
@@ -65,7 +64,19 @@ class AuditLog:
                 request_id=caller.request_id if caller else None,
                 client_addr=caller.client_addr if caller else None,
             ),
-            now,
+        )
+
+    def attribute(self, tx: Tx, caller: Caller | None, *, reason: str | None = None) -> None:
+        """Name the actor of this transaction's access-rights changes: the database's
+        triggers write those records (service/migrations/0005), whoever changes what.
+        Without a caller the actor is the operator at the command line."""
+        p = caller.principal if caller else None
+        tx.set_actor(
+            principal_id=p.id if p else None,
+            role=p.role.value if p else "operator",
+            request_id=caller.request_id if caller else "cli",
+            client_addr=caller.client_addr if caller else None,
+            reason=reason,
         )
 
 
@@ -189,7 +200,6 @@ class AuditService:
             # Reading the access log is itself an access worth recording.
             self._audit.record(
                 tx,
-                self._clock.now(),
                 action="audit.query",
                 outcome="granted",
                 caller=caller,
@@ -202,20 +212,24 @@ class AuditService:
         if caller.principal.role not in AUDITOR_ROLES:
             raise Forbidden("Only auditors verify the access log")
         report = self.verify()
+        tenant_id = caller.principal.tenant_id
         with self._store.transaction() as tx:
+            own = tx.count_audit_events(tenant_id)
             self._audit.record(
                 tx,
-                self._clock.now(),
                 action="audit.verify",
                 outcome="granted",
                 caller=caller,
-                reason=f"ok={report.ok} checked={report.checked}",
+                reason=f"ok={report.ok} checked={own}",
             )
         # The chains span every tenant: a tenant's auditor learns whether the log is
-        # intact, not where other tenants' records sit. Operators get the full report
+        # intact and how many of its own records it holds, not how large other
+        # tenants' logs are or where their records sit. Operators get the full report
         # from `sealednotes audit verify`.
         return dataclasses.replace(
             report,
+            checked=own,
+            last_checkpoint=None,
             first_bad=_without_location(report.first_bad),
             problems=[p for p in (_without_location(x) for x in report.problems) if p],
         )
@@ -242,7 +256,6 @@ class AuditService:
         with self._store.transaction() as tx:
             self._audit.record(
                 tx,
-                self._clock.now(),
                 action="audit.reconcile",
                 outcome="granted" if report.ok else "alert",
                 reason=f"vault_unwraps={report.vault_unwraps} unmatched={report.unmatched}",

@@ -8,8 +8,9 @@ previous record's hash and every field of the record:
 
     hash_n = SHA-256(hash_{n-1} || int32_be(shard) || int64_be(n) || canonical(at, fields...))
 
-(the database computes this server-side in `sealednotes_audit_append`; the
-verifier recomputes it here).
+(the database computes this server-side in `sealednotes_audit_append`, with the
+time taken from its own clock and never earlier than the shard's last record;
+the verifier recomputes it here).
 
 Checkpoints sign the head (seq, hash) of every shard with a Vault Transit
 ed25519 key. `ChainVerifier` recomputes every chain and checks it against
@@ -87,7 +88,8 @@ def parse_payload(payload: str) -> dict[int, tuple[int, bytes]]:
 @dataclass(frozen=True, slots=True)
 class Problem:
     kind: str  # hash-mismatch | broken-link | missing-records | out-of-order |
-    # truncated | checkpoint-mismatch | bad-checkpoint-signature
+    # truncated | checkpoint-mismatch | bad-checkpoint-signature | unknown-shard |
+    # time-regression | unsigned-shard
     detail: str
     record_id: int | None = None
     shard: int | None = None
@@ -110,6 +112,7 @@ class _ShardState:
     expected_seq: int = 1
     prev_hash: bytes = GENESIS
     last_id: int | None = None
+    last_at: datetime | None = None
     # recomputed hashes at the seqs that some checkpoint names
     at_checkpoints: dict[int, bytes] = field(default_factory=dict)
 
@@ -127,6 +130,30 @@ class ChainVerifier:
         shard, seq, rid = int(row["shard"]), int(row["seq"]), int(row["id"])
         st = self._shards.setdefault(shard, _ShardState())
         self.checked += 1
+        if not 0 <= shard < SHARDS:
+            self.problems.append(
+                Problem(
+                    "unknown-shard",
+                    f"shard {shard} is not one the append function writes (0..{SHARDS - 1}): "
+                    "this record was inserted by other means",
+                    rid,
+                    shard,
+                    seq,
+                    row["at"],
+                )
+            )
+        if st.last_at is not None and row["at"] < st.last_at:
+            self.problems.append(
+                Problem(
+                    "time-regression",
+                    "this record is dated before the previous record of its shard "
+                    "(back-dated or inserted by other means)",
+                    rid,
+                    shard,
+                    seq,
+                    row["at"],
+                )
+            )
         prev_hash, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
         if seq > st.expected_seq:
             self.problems.append(
@@ -180,6 +207,7 @@ class ChainVerifier:
         st.expected_seq = max(st.expected_seq, seq + 1)
         st.prev_hash = stored_hash
         st.last_id = rid
+        st.last_at = row["at"] if st.last_at is None else max(st.last_at, row["at"])
 
     def check_checkpoint(
         self, checkpoint_id: int, heads: dict[int, tuple[int, bytes]], signature_ok: bool

@@ -113,6 +113,10 @@ class BudgetExceeded(ServiceError):
         )
 
 
+class TenantCapReached(Exception):
+    """The database refused a release past the tenant's hourly cap (its own check)."""
+
+
 class ServiceUnavailable(ServiceError):
     status = 503
     slug = "service-unavailable"

@@ -266,7 +266,6 @@ class KeyOperations:
         with self._store.transaction() as tx:
             self._audit.record(
                 tx,
-                self._clock.now(),
                 action=action,
                 outcome=outcome,
                 tenant_id=tenant_id,
@@ -288,19 +287,10 @@ class KeyOperations:
             raise Forbidden("Only admins shred patients")
         patient = self._patient(patient_id, caller)
         with self._store.transaction() as tx:
-            now = self._clock.now()
-            if not tx.shred_patient(patient.tenant_id, patient.id, now):
+            # The database records the shred (a trigger on patients), with this reason.
+            self._audit.attribute(tx, caller, reason=reason)
+            if not tx.shred_patient(patient.tenant_id, patient.id, self._clock.now()):
                 raise Conflict("The patient is already shredded")
-            self._audit.record(
-                tx,
-                now,
-                action="patient.shred",
-                outcome="granted",
-                caller=caller,
-                tenant_id=patient.tenant_id,
-                patient_id=patient.id,
-                reason=reason,
-            )
             shredded = tx.patient_by_id(patient.id)
         self._cache.clear()
         assert shredded is not None
@@ -330,7 +320,6 @@ class KeyOperations:
             # Matched against Vault's own log of this unwrap by `audit reconcile`.
             self._audit.record(
                 tx,
-                now,
                 action="key.unwrap",
                 outcome="granted",
                 tenant_id=patient.tenant_id,
@@ -349,7 +338,6 @@ class KeyOperations:
             tx.set_patient_key(patient.id, new.wrapped.ciphertext, new.wrapped.key_version, now)
             self._audit.record(
                 tx,
-                now,
                 action="patient.rekey",
                 outcome="granted",
                 tenant_id=patient.tenant_id,

@@ -37,6 +37,7 @@ from service.errors import (
     IntegrityFailure,
     KeyServiceThrottled,
     NotFound,
+    TenantCapReached,
 )
 from service.keycache import KeyCache, cache_key
 from service.metrics import Metrics
@@ -126,16 +127,9 @@ class KeyReleaseGate:
         self, tx: Tx, caller: Caller, now: datetime, *, cause: str, patient_id: str | None
     ) -> None:
         p = caller.principal
+        # The database records the suspension itself (a trigger on principals).
+        self._audit.attribute(tx, caller)
         if tx.suspend_principal(p.id, cause, now):
-            self._audit.record(
-                tx,
-                now,
-                action="principal.suspend",
-                outcome="granted",
-                caller=caller,
-                patient_id=patient_id,
-                reason=cause,
-            )
             self._metrics.suspensions.labels(cause=cause).inc()
             self._alerts.emit(
                 "principal-suspended",
@@ -165,7 +159,6 @@ class KeyReleaseGate:
             # A forbidden patient and a nonexistent one look the same to the caller.
             self._audit.record(
                 tx,
-                now,
                 action=action,
                 outcome="denied",
                 caller=caller,
@@ -182,7 +175,6 @@ class KeyReleaseGate:
             self._suspend(tx, caller, now, cause="decoy-patient", patient_id=patient.id)
             self._audit.record(
                 tx,
-                now,
                 action=action,
                 outcome="denied",
                 caller=caller,
@@ -198,7 +190,6 @@ class KeyReleaseGate:
         if patient.shredded_at is not None:
             self._audit.record(
                 tx,
-                now,
                 action=action,
                 outcome="denied",
                 caller=caller,
@@ -247,7 +238,6 @@ class KeyReleaseGate:
         # request that caused it, so `audit reconcile` can match the two one to one.
         self._audit.record(
             tx,
-            now,
             action="key.unwrap",
             outcome="granted",
             caller=caller,
@@ -273,7 +263,6 @@ class KeyReleaseGate:
         tx.rollback()
         self._audit.record(
             tx,
-            now,
             action=action,
             outcome="unavailable",
             caller=caller,
@@ -338,7 +327,17 @@ class KeyReleaseGate:
                 ),
                 scope="tenant-hour",
             )
-        tx.record_release(p.id, p.tenant_id, patient_id, now)
+        try:
+            tx.record_release(p.id, p.tenant_id, patient_id, now)
+        except TenantCapReached:
+            # The database's own count of the tenant's releases (its clock) refused the
+            # row: the transaction is aborted, start the denial afresh.
+            tx.rollback()
+            return usage, BudgetExceeded(
+                "The organisation's hourly key-release budget is exhausted",
+                retry_after=60,
+                scope="tenant-hour",
+            )
         return (
             BudgetUsage(
                 hour=usage.hour + 1,
@@ -367,7 +366,6 @@ class KeyReleaseGate:
         scope = str(exc.extra.get("scope"))
         self._audit.record(
             tx,
-            now,
             action=action,
             outcome="throttled",
             caller=caller,
@@ -425,7 +423,6 @@ class KeyReleaseGate:
         )
         self._audit.record(
             tx,
-            now,
             action=action,
             outcome="granted",
             caller=caller,
@@ -486,7 +483,6 @@ class KeyReleaseGate:
         )
         self._audit.record(
             tx,
-            now,
             action="note.list",
             outcome="granted",
             caller=caller,

@@ -124,7 +124,6 @@ class NotesService:
         """Audit the attempt (kept: commit first), then answer 404."""
         self._audit.record(
             tx,
-            self._clock.now(),
             action=action,
             outcome="denied",
             caller=caller,
@@ -168,7 +167,6 @@ class NotesService:
                     assert replay is not None
                     self._audit.record(
                         tx,
-                        now,
                         action="note.create",
                         outcome="noop",
                         caller=caller,
@@ -195,7 +193,6 @@ class NotesService:
             )
             self._audit.record(
                 tx,
-                now,
                 action="note.create",
                 outcome="granted",
                 caller=caller,
@@ -238,7 +235,6 @@ class NotesService:
             )
             self._audit.record(
                 tx,
-                now,
                 action="note.amend",
                 outcome="granted",
                 caller=caller,
@@ -259,7 +255,6 @@ class NotesService:
             tx.mark_entered_in_error(note.id, now)
             self._audit.record(
                 tx,
-                now,
                 action="note.delete",
                 outcome="granted",
                 caller=caller,

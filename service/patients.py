@@ -76,7 +76,6 @@ class PatientsService:
                     )
                 self._audit.record(
                     tx,
-                    now,
                     action="patient.create",
                     outcome="denied",
                     caller=caller,
@@ -90,10 +89,10 @@ class PatientsService:
                 raise Conflict("A patient with this external id already exists", extra=extra)
             if p.role is Role.CLINICIAN:
                 # A clinician who registers a patient is treating them.
+                self._audit.attribute(tx, caller)
                 tx.upsert_care_team(patient_id, p.id, None, now)
             self._audit.record(
                 tx,
-                now,
                 action="patient.create",
                 outcome="granted",
                 caller=caller,
@@ -136,7 +135,6 @@ class PatientsService:
             visible = care or glass
         self._audit.record(
             tx,
-            now,
             action=action,
             outcome="granted" if visible else "denied",
             caller=caller,
@@ -162,37 +160,19 @@ class PatientsService:
                 raise NotFound()
             if member.role is not Role.CLINICIAN:
                 raise Conflict("Only clinicians can be on a care team")
-            created = tx.upsert_care_team(patient.id, member.id, until, now)
-            self._audit.record(
-                tx,
-                now,
-                action="care-team.add",
-                outcome="granted",
-                caller=caller,
-                patient_id=patient.id,
-                reason=f"member={member.id}" + (f" until={until.isoformat()}" if until else ""),
-            )
-            return created
+            self._audit.attribute(tx, caller)  # the database records the change
+            return tx.upsert_care_team(patient.id, member.id, until, now)
 
     def remove_care_team(self, caller: Caller, patient_id: str, member_id: str) -> None:
         p = caller.principal
         if p.role not in (Role.INTEGRATION, Role.ADMIN):
             raise Forbidden("Only integrations and admins manage care teams")
         with self._store.transaction() as tx:
-            now = self._clock.now()
-            if tx.patient(p.tenant_id, patient_id) is None or not tx.delete_care_team(
-                patient_id, member_id
-            ):
+            if tx.patient(p.tenant_id, patient_id) is None:
                 raise NotFound()
-            self._audit.record(
-                tx,
-                now,
-                action="care-team.remove",
-                outcome="granted",
-                caller=caller,
-                patient_id=patient_id,
-                reason=f"member={member_id}",
-            )
+            self._audit.attribute(tx, caller)  # the database records the change
+            if not tx.delete_care_team(patient_id, member_id):
+                raise NotFound()
 
     def break_glass(self, caller: Caller, patient_id: str, reason: str) -> BreakGlass:
         p = caller.principal
@@ -209,7 +189,6 @@ class PatientsService:
             if patient is None:
                 self._audit.record(
                     tx,
-                    now,
                     action="break-glass",
                     outcome="denied",
                     caller=caller,
@@ -221,7 +200,6 @@ class PatientsService:
             if len(opened) >= self._budgets.break_glass_per_day:
                 self._audit.record(
                     tx,
-                    now,
                     action="break-glass",
                     outcome="throttled",
                     caller=caller,
@@ -243,16 +221,8 @@ class PatientsService:
                 )
             bg_id = str(uuid.uuid4())
             expires = now + timedelta(hours=self._budgets.break_glass_hours)
+            self._audit.attribute(tx, caller)  # the database records the grant
             tx.insert_break_glass(bg_id, p.tenant_id, p.id, patient.id, reason, now, expires)
-            self._audit.record(
-                tx,
-                now,
-                action="break-glass",
-                outcome="granted",
-                caller=caller,
-                patient_id=patient.id,
-                reason=reason,
-            )
         self._alerts.emit(
             "break-glass-opened",
             tenant_id=p.tenant_id,
@@ -269,15 +239,6 @@ class PatientsService:
         if p.role is not Role.ADMIN:
             raise Forbidden("Only admins mark decoy patients")
         with self._store.transaction() as tx:
-            now = self._clock.now()
+            self._audit.attribute(tx, caller)  # the database records the change
             if not tx.set_decoy(p.tenant_id, patient_id, decoy):
                 raise NotFound()
-            self._audit.record(
-                tx,
-                now,
-                action="patient.decoy",
-                outcome="granted",
-                caller=caller,
-                patient_id=patient_id,
-                reason="set" if decoy else "cleared",
-            )

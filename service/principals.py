@@ -61,6 +61,10 @@ class PrincipalsService:
         self._keys.ensure_unwrap_quota(tenant.id, rate=rate)
         return rate
 
+    # Every change below is an access-rights change: the database's triggers write
+    # its audit record in the same transaction (service/migrations/0005), attributed
+    # to the actor named by `AuditLog.attribute` (an admin, or the CLI operator).
+
     def create_tenant(self, name: str) -> Tenant:
         tenant_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
@@ -72,17 +76,9 @@ class PrincipalsService:
         self._keys.ensure_tenant_keys(tenant_id)
         self.ensure_vault_quota(tenant)
         with self._store.transaction() as tx:
-            now = self._clock.now()
-            if not tx.insert_tenant(tenant_id, name, now, self._tenant_cap):
+            self._audit.attribute(tx, None)
+            if not tx.insert_tenant(tenant_id, name, self._clock.now(), self._tenant_cap):
                 raise Conflict(f"Tenant {name!r} already exists")
-            self._audit.record(
-                tx,
-                now,
-                action="tenant.create",
-                outcome="granted",
-                tenant_id=tenant_id,
-                reason=f"cli release_per_hour={self._tenant_cap}",
-            )
         return tenant
 
     def set_tenant_cap(self, name: str, release_per_hour: int) -> Tenant:
@@ -91,16 +87,8 @@ class PrincipalsService:
         tenant = self.tenant(name)
         updated = Tenant(tenant.id, tenant.name, release_per_hour)
         with self._store.transaction() as tx:
-            now = self._clock.now()
+            self._audit.attribute(tx, None)
             tx.set_tenant_cap(tenant.id, release_per_hour)
-            self._audit.record(
-                tx,
-                now,
-                action="tenant.cap",
-                outcome="granted",
-                tenant_id=tenant.id,
-                reason=f"cli release_per_hour={tenant.release_per_hour}->{release_per_hour}",
-            )
             # Vault follows inside the transaction: if Vault refuses, the cap stays.
             self.ensure_vault_quota(updated)
         return updated
@@ -129,19 +117,10 @@ class PrincipalsService:
             tenant = tx.tenant_by_name(tenant_name)
             if tenant is None:
                 raise NotFound(f"No tenant named {tenant_name!r}")
+            self._audit.attribute(tx, None)
             if not tx.insert_principal(principal_id, tenant.id, name, role, now):
                 raise Conflict(f"A principal named {name!r} already exists in {tenant_name!r}")
-            issued = self._issue(tx, principal_id, ttl_days)
-            self._audit.record(
-                tx,
-                now,
-                action="principal.create",
-                outcome="granted",
-                tenant_id=tenant.id,
-                principal_id=principal_id,
-                reason=f"role={role.value}",
-            )
-        return issued
+            return self._issue(tx, principal_id, ttl_days)
 
     def _issue(self, tx: Tx, principal_id: str, ttl_days: int | None) -> IssuedToken:
         now = self._clock.now()
@@ -152,37 +131,17 @@ class PrincipalsService:
 
     def issue_token(self, principal_id: str, *, ttl_days: int | None = None) -> IssuedToken:
         with self._store.transaction() as tx:
-            principal = tx.principal(principal_id)
-            if principal is None:
+            if tx.principal(principal_id) is None:
                 raise NotFound("No such principal")
-            issued = self._issue(tx, principal_id, ttl_days)
-            self._audit.record(
-                tx,
-                self._clock.now(),
-                action="token.issue",
-                outcome="granted",
-                tenant_id=principal.tenant_id,
-                principal_id=principal_id,
-            )
-        return issued
+            self._audit.attribute(tx, None)
+            return self._issue(tx, principal_id, ttl_days)
 
     def revoke_tokens(self, principal_id: str) -> int:
         with self._store.transaction() as tx:
-            principal = tx.principal(principal_id)
-            if principal is None:
+            if tx.principal(principal_id) is None:
                 raise NotFound("No such principal")
-            now = self._clock.now()
-            n = tx.revoke_tokens(principal_id, now)
-            self._audit.record(
-                tx,
-                now,
-                action="token.revoke",
-                outcome="granted",
-                tenant_id=principal.tenant_id,
-                principal_id=principal_id,
-                reason=f"count={n}",
-            )
-        return n
+            self._audit.attribute(tx, None)
+            return tx.revoke_tokens(principal_id, self._clock.now())
 
     def unlock(self, principal_id: str, caller: Caller | None = None) -> Principal:
         with self._store.transaction() as tx:
@@ -194,38 +153,27 @@ class PrincipalsService:
                     raise NotFound()
             if target is None:
                 raise NotFound("No such principal")
-            now = self._clock.now()
-            changed = tx.unlock_principal(principal_id, now)
-            self._audit.record(
-                tx,
-                now,
-                action="principal.unlock",
-                outcome="granted" if changed else "noop",
-                caller=caller,
-                tenant_id=target.tenant_id,
-                principal_id=None if caller else principal_id,
-                reason=f"target={principal_id}" + ("" if caller else " via=cli"),
-            )
+            self._audit.attribute(tx, caller)
+            if not tx.unlock_principal(principal_id, self._clock.now()):
+                # Nothing changed, so no trigger fired: record the attempt itself.
+                self._audit.record(
+                    tx,
+                    action="principal.unlock",
+                    outcome="noop",
+                    caller=caller,
+                    tenant_id=target.tenant_id,
+                    reason=f"target={principal_id} not suspended",
+                )
             after = tx.principal(principal_id)
         assert after is not None
         return after
 
     def suspend(self, principal_id: str, reason: str) -> None:
         with self._store.transaction() as tx:
-            target = tx.principal(principal_id)
-            if target is None:
+            if tx.principal(principal_id) is None:
                 raise NotFound("No such principal")
-            now = self._clock.now()
-            tx.suspend_principal(principal_id, reason, now)
-            self._audit.record(
-                tx,
-                now,
-                action="principal.suspend",
-                outcome="granted",
-                tenant_id=target.tenant_id,
-                principal_id=principal_id,
-                reason=f"cli: {reason}",
-            )
+            self._audit.attribute(tx, None)
+            tx.suspend_principal(principal_id, f"operator: {reason}", self._clock.now())
 
     def set_budget(
         self, caller: Caller, principal_id: str, per_hour: int | None, per_day: int | None
@@ -236,15 +184,8 @@ class PrincipalsService:
             target = tx.principal_in_tenant(caller.principal.tenant_id, principal_id)
             if target is None:
                 raise NotFound()
+            self._audit.attribute(tx, caller)
             tx.set_principal_budget(principal_id, per_hour, per_day)
-            self._audit.record(
-                tx,
-                self._clock.now(),
-                action="principal.budget",
-                outcome="granted",
-                caller=caller,
-                reason=f"target={principal_id} per_hour={per_hour} per_day={per_day}",
-            )
             after = tx.principal(principal_id)
         assert after is not None
         return after

@@ -26,7 +26,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from service import auditchain, deadline
-from service.errors import AuditUnavailable, DatabaseUnavailable, ServiceError
+from service.errors import (
+    AuditUnavailable,
+    DatabaseUnavailable,
+    Forbidden,
+    ServiceError,
+    TenantCapReached,
+)
 from service.models import (
     AuditEvent,
     BudgetUsage,
@@ -250,15 +256,12 @@ class Tx:
         return row is not None
 
     def unlock_principal(self, principal_id: str, now: datetime) -> bool:
+        # Denials before the unlock no longer count towards a new suspension (the
+        # denial ledger itself is append-only).
         cur = self.conn.execute(
-            "UPDATE principals SET suspended_at = NULL, suspended_reason = NULL "
-            "WHERE id = %s AND suspended_at IS NOT NULL",
-            (principal_id,),
-        )
-        # Denials before the unlock no longer count towards a new suspension.
-        self.conn.execute(
-            "DELETE FROM release_denials WHERE principal_id = %s AND denied_at <= %s",
-            (principal_id, now),
+            "UPDATE principals SET suspended_at = NULL, suspended_reason = NULL,"
+            " denials_since = %s WHERE id = %s AND suspended_at IS NOT NULL",
+            (now, principal_id),
         )
         return cur.rowcount == 1
 
@@ -489,11 +492,18 @@ class Tx:
     def record_release(
         self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
     ) -> None:
-        self.conn.execute(
-            "INSERT INTO key_releases (principal_id, tenant_id, patient_id, released_at) "
-            "VALUES (%s, %s, %s, %s)",
-            (principal_id, tenant_id, patient_id, now),
-        )
+        """Book a release. The database itself refuses it past the tenant's hourly
+        cap (TenantCapReached: the transaction is then aborted)."""
+        try:
+            self.conn.execute(
+                "INSERT INTO key_releases (principal_id, tenant_id, patient_id, released_at) "
+                "VALUES (%s, %s, %s, %s)",
+                (principal_id, tenant_id, patient_id, now),
+            )
+        except psycopg.Error as e:
+            if e.sqlstate == "SN429":
+                raise TenantCapReached() from e
+            raise
 
     def record_denial(self, principal_id: str, scope: str, now: datetime) -> int:
         """Record a denial; return the denials within the last hour, this one included."""
@@ -502,8 +512,10 @@ class Tx:
             (principal_id, now, scope),
         )
         row = self._one(
-            "SELECT count(*) AS n FROM release_denials WHERE principal_id = %s AND denied_at > %s",
-            (principal_id, now - HOUR),
+            "SELECT count(*) AS n FROM release_denials d WHERE d.principal_id = %(p)s"
+            " AND d.denied_at > greatest(%(since)s::timestamptz, (SELECT denials_since"
+            " FROM principals WHERE id = %(p)s))",
+            {"p": principal_id, "since": now - HOUR},
         )
         assert row is not None
         return int(row["n"])
@@ -795,39 +807,55 @@ class Tx:
 
     # -- audit -----------------------------------------------------------------------
 
-    def insert_audit_event(self, event: AuditEvent, now: datetime) -> None:
+    def insert_audit_event(self, event: AuditEvent) -> None:
         """Append to an audit chain. Fails closed: AuditUnavailable."""
         preferred = self.conn.info.backend_pid % auditchain.SHARDS
-        fields = {k: getattr(event, k) for k in auditchain.FIELDS}
         try:
             # One round trip: the function takes the shard's lock (held until commit,
-            # so committed records of a shard are always a gapless prefix), reads the
-            # head and inserts the chained record.
+            # so committed records of a shard are always a gapless prefix), dates the
+            # record by the database clock, chains and inserts it.
             self.conn.execute(
-                "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s)",
-                (
-                    AUDIT_LOCK_CLASS,
-                    preferred,
-                    auditchain.canonical(now, fields),
-                    now,
-                    *(fields[k] for k in auditchain.FIELDS),
-                ),
+                "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (preferred, *(getattr(event, k) for k in auditchain.FIELDS)),
             )
         except psycopg.Error as e:
             log.error("audit write failed: %s", type(e).__name__)
             raise AuditUnavailable() from e
+
+    def set_actor(
+        self,
+        *,
+        principal_id: str | None,
+        role: str,
+        request_id: str | None,
+        client_addr: str | None,
+        reason: str | None = None,
+    ) -> None:
+        """Name who is acting in this transaction, for the records the database's
+        triggers write when access rights change (same transaction only)."""
+        self.conn.execute(
+            "SELECT set_config('sealednotes.actor_id', %s, true),"
+            " set_config('sealednotes.actor_role', %s, true),"
+            " set_config('sealednotes.request_id', %s, true),"
+            " set_config('sealednotes.client_addr', %s, true),"
+            " set_config('sealednotes.reason', %s, true)",
+            (principal_id or "", role, request_id or "", client_addr or "", reason or ""),
+        )
 
     def try_lock_checkpointer(self) -> bool:
         row = self._one("SELECT pg_try_advisory_xact_lock(%s, -1) AS ok", (AUDIT_LOCK_CLASS,))
         return bool(row and row["ok"])
 
     def audit_heads(self) -> dict[int, tuple[int, bytes]]:
+        # Every shard that exists, known or not: a checkpoint covers them all.
         rows = self._all(
-            "SELECT s.shard, h.seq, h.hash FROM generate_series(0, %s) AS s(shard) "
-            "CROSS JOIN LATERAL (SELECT seq, hash FROM audit_events e WHERE e.shard = s.shard"
-            " ORDER BY seq DESC LIMIT 1) h",
-            (auditchain.SHARDS - 1,),
+            "WITH RECURSIVE s(shard) AS ("
+            "  (SELECT shard FROM audit_events ORDER BY shard LIMIT 1)"
+            "  UNION ALL SELECT (SELECT e.shard FROM audit_events e WHERE e.shard > s.shard"
+            "   ORDER BY e.shard LIMIT 1) FROM s WHERE s.shard IS NOT NULL) "
+            "SELECT s.shard, h.seq, h.hash FROM s CROSS JOIN LATERAL (SELECT seq, hash"
+            " FROM audit_events e WHERE e.shard = s.shard ORDER BY seq DESC LIMIT 1) h"
+            " WHERE s.shard IS NOT NULL"
         )
         return {int(r["shard"]): (int(r["seq"]), bytes(r["hash"])) for r in rows}
 
@@ -917,6 +945,20 @@ class Tx:
                 {"since": since, "tenant": tenant_id},
             )
             yield from cur
+
+    def prune_ledgers(self, older_than: timedelta) -> dict[str, int]:
+        """Maintenance: drop ledger rows older than `older_than` (never younger than
+        two days), through the audited database function."""
+        try:
+            rows = self._all("SELECT ledger, deleted FROM sealednotes_prune(%s)", (older_than,))
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise Forbidden("This database role may not prune: use the maintenance role") from e
+        return {r["ledger"]: int(r["deleted"]) for r in rows}
+
+    def count_audit_events(self, tenant_id: str) -> int:
+        row = self._one("SELECT count(*) AS n FROM audit_events WHERE tenant_id = %s", (tenant_id,))
+        assert row is not None
+        return int(row["n"])
 
     def iter_unwrap_records(self, since: datetime | None) -> Iterator[dict[str, Any]]:
         """The service's `key.unwrap` records (what caused each Vault unwrap)."""
@@ -1038,7 +1080,14 @@ class Store:
 
     # -- schema --------------------------------------------------------------------
 
-    def migrate(self, app_role: str | None = None, *, default_tenant_cap: int = 1000) -> list[int]:
+    def migrate(
+        self,
+        app_role: str | None = None,
+        *,
+        default_tenant_cap: int = 1000,
+        maintenance_role: str | None = None,
+        up_to: int | None = None,
+    ) -> list[int]:
         """Apply pending migrations in order; return the versions applied.
 
         With `app_role`, also (re)grant that role exactly what the service needs:
@@ -1056,7 +1105,7 @@ class Store:
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
             for version, name, script in _migrations():
-                if version in done:
+                if version in done or (up_to is not None and version > up_to):
                     continue
                 conn.execute(script.encode())
                 conn.execute(
@@ -1064,35 +1113,57 @@ class Store:
                     (version, name),
                 )
                 applied.append(version)
-            # Tenants from before per-tenant caps get the configured default.
-            conn.execute(
-                "UPDATE tenants SET release_per_hour = %s WHERE release_per_hour IS NULL",
-                (default_tenant_cap,),
-            )
+            if up_to is None or up_to >= 4:
+                # Tenants from before per-tenant caps get the configured default.
+                conn.execute(
+                    "UPDATE tenants SET release_per_hour = %s WHERE release_per_hour IS NULL",
+                    (default_tenant_cap,),
+                )
             if app_role:
                 _grant_app_role(conn, app_role)
+            if maintenance_role:
+                _grant_maintenance_role(conn, maintenance_role)
             conn.commit()
         return applied
 
 
-OPERATIONAL_TABLES = (
-    "tenants",
-    "principals",
-    "tokens",
-    "patients",
-    "patient_keys",
-    "notes",
-    "note_versions",
-    "care_team",
-    "break_glass",
-    "key_releases",
-    "release_denials",
-    "idempotency_keys",
+# What the service's own role may do, table by table. Everything not listed is
+# refused by PostgreSQL: no DELETE on the ledgers or the log, no UPDATE of a
+# principal's role or tenant, no direct INSERT into the audit log (only through
+# sealednotes_audit_append), no TRUNCATE anywhere. Column lists keep UPDATE to
+# what the use cases change; triggers record every change of access rights.
+APP_GRANTS: dict[str, tuple[str, ...]] = {
+    "tenants": ("SELECT", "INSERT"),
+    "principals": (
+        "SELECT",
+        "INSERT",
+        "UPDATE (suspended_at, suspended_reason, release_per_hour, release_per_day, denials_since)",
+    ),
+    "tokens": ("SELECT", "INSERT", "UPDATE (revoked_at)"),
+    "patients": ("SELECT", "INSERT", "UPDATE (is_decoy, shredded_at)"),
+    "patient_keys": ("SELECT", "INSERT", "UPDATE (wrapped_key, key_version, updated_at)", "DELETE"),
+    "notes": (
+        "SELECT",
+        "INSERT",
+        "UPDATE (status, current_version, kind, encounter_at, updated_at)",
+    ),
+    "note_versions": ("SELECT", "INSERT", "UPDATE (sealed)"),
+    "care_team": ("SELECT", "INSERT", "UPDATE (until)", "DELETE"),
+    "break_glass": ("SELECT", "INSERT"),
+    "key_releases": ("SELECT", "INSERT"),
+    "release_denials": ("SELECT", "INSERT"),
+    "idempotency_keys": ("SELECT", "INSERT", "DELETE"),
+    "audit_events": ("SELECT",),
+    "audit_checkpoints": ("SELECT", "INSERT"),
+    "schema_migrations": ("SELECT",),
+}
+APP_FUNCTIONS = (
+    "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)",
 )
-APPEND_ONLY_TABLES = ("audit_events", "audit_checkpoints")
+MAINTENANCE_FUNCTIONS = ("sealednotes_prune(interval)",)
 
 
-def _grant_app_role(conn: psycopg.Connection[Any], role: str) -> None:
+def _ensure_login_role(conn: psycopg.Connection[Any], role: str) -> sql.Identifier:
     ident = sql.Identifier(role)
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if not exists:
@@ -1101,24 +1172,36 @@ def _grant_app_role(conn: psycopg.Connection[Any], role: str) -> None:
     assert db is not None
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db[0]), ident))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
-    all_tables = OPERATIONAL_TABLES + APPEND_ONLY_TABLES + ("schema_migrations",)
-    conn.execute(
-        sql.SQL("REVOKE ALL ON {} FROM {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in all_tables), ident
+    tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    if tables:
+        conn.execute(
+            sql.SQL("REVOKE ALL ON {} FROM {}").format(
+                sql.SQL(", ").join(sql.Identifier(t[0]) for t in tables), ident
+            )
         )
-    )
-    conn.execute(
-        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in OPERATIONAL_TABLES), ident
-        )
-    )
-    conn.execute(
-        sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in APPEND_ONLY_TABLES), ident
-        )
-    )
-    conn.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(ident))
+    return ident
+
+
+def _grant_app_role(conn: psycopg.Connection[Any], role: str) -> None:
+    ident = _ensure_login_role(conn, role)
+    for table, privileges in APP_GRANTS.items():
+        for privilege in privileges:
+            conn.execute(
+                sql.SQL("GRANT {} ON {} TO {}").format(
+                    sql.SQL(privilege), sql.Identifier(table), ident
+                )
+            )
+    for fn in APP_FUNCTIONS:
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(fn), ident))
     conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+
+
+def _grant_maintenance_role(conn: psycopg.Connection[Any], role: str) -> None:
+    """The maintenance role prunes old ledger rows through sealednotes_prune (which
+    audits itself) and reads nothing else."""
+    ident = _ensure_login_role(conn, role)
+    for fn in MAINTENANCE_FUNCTIONS:
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(fn), ident))
 
 
 def _migrations() -> list[tuple[int, str, str]]:

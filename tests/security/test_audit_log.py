@@ -133,7 +133,7 @@ def test_reordered_records_are_found(busy_log: dict[str, Any], app: Flask, db_ur
     report = verify(app)
     assert not report["ok"]
     assert report["first_bad"]["record_id"] in (id1, id2)
-    assert report["first_bad"]["kind"] in ("broken-link", "hash-mismatch")
+    assert report["first_bad"]["kind"] in ("broken-link", "hash-mismatch", "time-regression")
 
 
 def test_truncated_tail_is_found(busy_log: dict[str, Any], app: Flask, db_url: str) -> None:
@@ -267,12 +267,17 @@ def revoked_insert(db_url: str) -> Iterator[None]:
     from tests.conftest import APP_ROLE
 
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"REVOKE INSERT ON audit_events FROM {APP_ROLE}")
+        conn.execute(f"REVOKE EXECUTE ON FUNCTION {APPEND_FN} FROM {APP_ROLE}")
     try:
         yield
     finally:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(f"GRANT INSERT ON audit_events TO {APP_ROLE}")
+            conn.execute(f"GRANT EXECUTE ON FUNCTION {APPEND_FN} TO {APP_ROLE}")
+
+
+APPEND_FN = (
+    "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)"
+)
 
 
 def test_reads_fail_closed_when_the_audit_record_cannot_be_written(
@@ -286,7 +291,7 @@ def test_reads_fail_closed_when_the_audit_record_cannot_be_written(
     from tests.conftest import APP_ROLE
 
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"REVOKE INSERT ON audit_events FROM {APP_ROLE}")
+        conn.execute(f"REVOKE EXECUTE ON FUNCTION {APPEND_FN} FROM {APP_ROLE}")
     try:
         for path in (
             f"/v1/notes/{note['id']}",
@@ -302,7 +307,7 @@ def test_reads_fail_closed_when_the_audit_record_cannot_be_written(
         assert r.status_code == 503
     finally:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(f"GRANT INSERT ON audit_events TO {APP_ROLE}")
+            conn.execute(f"GRANT EXECUTE ON FUNCTION {APPEND_FN} TO {APP_ROLE}")
     with psycopg.connect(db_url) as conn:  # the failed write left nothing behind
         assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 1
     assert api.get(f"/v1/notes/{note['id']}", dr.token).status_code == 200
