@@ -27,7 +27,7 @@ def _settings() -> Settings:
 
 def _default_tenant_cap() -> int:
     raw = os.environ.get("SEALEDNOTES_TENANT_RELEASE_PER_HOUR") or "1000"
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+    if not raw.isascii() or not raw.isdecimal() or int(raw) < 1:
         raise click.ClickException("SEALEDNOTES_TENANT_RELEASE_PER_HOUR must be an integer >= 1")
     return int(raw)
 
@@ -81,8 +81,15 @@ def main() -> None:
     help="Database role the service runs as: granted read/write on operational tables "
     "but only INSERT/SELECT on the audit log (env SEALEDNOTES_APP_ROLE).",
 )
+@click.option(
+    "--maintenance-role",
+    envvar="SEALEDNOTES_MAINTENANCE_ROLE",
+    default=None,
+    help="Database role that may prune old ledger rows (`maintenance prune`) and "
+    "nothing else (env SEALEDNOTES_MAINTENANCE_ROLE).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def migrate(app_role: str | None, as_json: bool) -> None:
+def migrate(app_role: str | None, maintenance_role: str | None, as_json: bool) -> None:
     """Create or upgrade the database schema (idempotent). Run as the schema owner."""
     from service.store import Store
 
@@ -91,10 +98,12 @@ def migrate(app_role: str | None, as_json: bool) -> None:
         raise click.ClickException("SEALEDNOTES_DATABASE_URL is required")
     with _errors():
         default_cap = _default_tenant_cap()
-        applied = Store(url).migrate(app_role=app_role, default_tenant_cap=default_cap)
+        applied = Store(url).migrate(
+            app_role=app_role, default_tenant_cap=default_cap, maintenance_role=maintenance_role
+        )
     _emit(
         as_json,
-        {"applied": applied, "app_role": app_role},
+        {"applied": applied, "app_role": app_role, "maintenance_role": maintenance_role},
         f"applied migrations: {applied or 'none (up to date)'}"
         + (f"; grants for role {app_role} set" if app_role else ""),
     )
@@ -649,6 +658,56 @@ def audit_export(fmt: str, since: Any, tenant_name: str | None, output: Any) -> 
     click.echo(f"exported {n} records", err=True)
 
 
+# -- maintenance ----------------------------------------------------------------------
+
+
+@main.group()
+def maintenance() -> None:
+    """Housekeeping run by the maintenance database role (never the service's)."""
+
+
+def _age(_ctx: Any, _param: Any, value: str) -> Any:
+    import re
+    from datetime import timedelta
+
+    m = re.fullmatch(r"([0-9]{1,5})([dh])", value.strip())
+    if not m:
+        raise click.BadParameter("give a number of days or hours, e.g. 30d or 72h")
+    n = int(m.group(1))
+    return timedelta(days=n) if m.group(2) == "d" else timedelta(hours=n)
+
+
+@maintenance.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    callback=_age,
+    help="Drop ledger rows older than this (30d, 72h); never less than two days.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def maintenance_prune(older_than: Any, as_json: bool) -> None:
+    """Prune old key-release, denial and break-glass ledger rows (audited). Run with
+    SEALEDNOTES_DATABASE_URL naming the maintenance role (`migrate --maintenance-role`)."""
+    from service.store import Store
+
+    url = os.environ.get("SEALEDNOTES_DATABASE_URL")
+    if not url:
+        raise click.ClickException("SEALEDNOTES_DATABASE_URL is required")
+    with _errors():
+        store = Store(url, min_size=0, max_size=1, timeout=60)
+        try:
+            with store.transaction() as tx:
+                deleted = tx.prune_ledgers(older_than)
+        finally:
+            store.close()
+    _emit(
+        as_json,
+        {"deleted": deleted, "older_than_seconds": int(older_than.total_seconds())},
+        ", ".join(f"{k}: {v} rows deleted" for k, v in deleted.items()),
+    )
+
+
 # -- serving ----------------------------------------------------------------------------
 
 
@@ -724,7 +783,9 @@ def dev(host: str, port: int, state_dir: Path) -> None:
 
         # Schema as the owner; the service itself runs as the least-privileged role.
         Store(owner_url).migrate(
-            app_role="sealednotes_app", default_tenant_cap=_default_tenant_cap()
+            app_role="sealednotes_app",
+            maintenance_role="sealednotes_maintenance",
+            default_tenant_cap=_default_tenant_cap(),
         )
         app_url = url_with_user(owner_url, "sealednotes_app")
         # The root token sets Vault up and creates the demo data, exactly as ops would;

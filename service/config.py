@@ -42,6 +42,21 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _bind(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    raw = raw.strip()
+    if raw in ("", "off"):
+        return ""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdecimal():
+        raise ConfigError(f"{name} must be host:port (or 'off')")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"{name} has an invalid port")
+    return raw
+
+
 @dataclass(frozen=True)
 class Budgets:
     per_hour: int = 60
@@ -71,6 +86,10 @@ class Settings:
     db_timeout: float = 2.0
     request_timeout: float = 5.0
     bind: str = "127.0.0.1:8080"
+    # /metrics has its own listener (in the gunicorn master), never the API port;
+    # "" turns it off. The API port answers /metrics only with this bearer token.
+    metrics_bind: str = "127.0.0.1:9108"
+    metrics_token: str | None = field(default=None, repr=False)
     workers: int = 2
     pool_min: int = 1
     pool_max: int = 8
@@ -135,6 +154,8 @@ class Settings:
             db_timeout=db_timeout,
             request_timeout=request_timeout,
             bind=env.get("SEALEDNOTES_BIND", "127.0.0.1:8080"),
+            metrics_bind=_bind(env, "SEALEDNOTES_METRICS_BIND", "127.0.0.1:9108"),
+            metrics_token=env.get("SEALEDNOTES_METRICS_TOKEN") or None,
             workers=_int(env, "SEALEDNOTES_WORKERS", 2, minimum=1),
             pool_min=_int(env, "SEALEDNOTES_POOL_MIN", 1, minimum=0),
             pool_max=_int(env, "SEALEDNOTES_POOL_MAX", 8, minimum=1),

@@ -22,8 +22,27 @@ def _child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
+def _metrics_listener(bind: str) -> Any:
+    """In the gunicorn master: serve every worker's metrics on their own address,
+    away from the public API port."""
+
+    def when_ready(server: Any) -> None:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        host, _, port = bind.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        server.log.info("metrics on http://%s/metrics", bind)
+
+    return when_ready
+
+
 def gunicorn_options(settings: Settings, workers: int | None = None) -> dict[str, Any]:
-    return {
+    extra: dict[str, Any] = {}
+    if settings.metrics_bind and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        extra["when_ready"] = _metrics_listener(settings.metrics_bind)
+    return extra | {
         "bind": settings.bind,
         "workers": workers or settings.workers,
         "worker_class": "gthread",

@@ -45,6 +45,7 @@ from tests.helpers import Api, StackHelper
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="sealednotes-xdg-"))
 
 CANARY = "CANARY-"  # tests mark health data and identifiers with this prefix
+METRICS_TOKEN = "metrics-scraper-test-token"  # SEALEDNOTES_METRICS_TOKEN of the test apps
 LOG_LINES: list[str] = []  # every log line of the whole run, as the service formats it
 
 
@@ -76,6 +77,7 @@ def no_canary_in_any_log_line() -> Iterator[None]:
 
 
 APP_ROLE = "sealednotes_app_test"
+MAINTENANCE_ROLE = "sealednotes_maintenance_test"
 APP_TABLES = (
     "audit_events, audit_checkpoints, release_denials, key_releases, break_glass, care_team, "
     "note_versions, notes, patient_keys, patients, tokens, principals, tenants"
@@ -106,7 +108,7 @@ def db_url(pg_admin_url: str) -> Iterator[str]:
     name = f"sealednotes_test_{secrets.token_hex(4)}"
     ensure_database(pg_admin_url, name, drop=True)
     url = database_url(pg_admin_url, name)
-    Store(url).migrate(app_role=APP_ROLE)
+    Store(url).migrate(app_role=APP_ROLE, maintenance_role=MAINTENANCE_ROLE)
     yield url
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -139,6 +141,7 @@ def base_settings(app_db_url: str, bao: BaoServer) -> Settings:
         pool_min=1,
         pool_max=8,
         audit_checkpoint_seconds=0,
+        metrics_token=METRICS_TOKEN,
     )
 
 
@@ -200,6 +203,7 @@ class LiveServer:
     def __init__(self, settings: Settings, workdir: Path, workers: int, env: dict[str, str]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
         self.log_path = workdir / f"gunicorn-{self.port}.log"
         full_env = {
             **os.environ,
@@ -207,6 +211,9 @@ class LiveServer:
             "VAULT_ADDR": settings.vault_addr,
             "VAULT_TOKEN": settings.vault_token or "",
             "SEALEDNOTES_BIND": f"127.0.0.1:{self.port}",
+            "SEALEDNOTES_METRICS_BIND": self.metrics_url.removeprefix("http://").removesuffix(
+                "/metrics"
+            ),
             **env,
         }
         self._log = open(self.log_path, "wb")

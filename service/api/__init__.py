@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -38,7 +39,6 @@ def caller() -> Caller:
             with svc.store.transaction() as tx:
                 svc.audit.record(
                     tx,
-                    svc.clock.now(),
                     action="request",
                     outcome="denied",
                     caller=new,
@@ -66,14 +66,23 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def parse_decimal(raw: str) -> int | None:
+    """The one way numbers in query strings are read: 1 to 18 ASCII digits, nothing
+    else (Python's int() would also take "٣", " 3", "+3" or "1_000", and
+    str.isdigit() passes "²", which int() then refuses)."""
+    return int(raw) if _DECIMAL.fullmatch(raw) else None
+
+
 def int_arg(name: str, default: int, *, minimum: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed({name: ["Not a valid integer."]}) from None
+    value = parse_decimal(raw)
+    if value is None:
+        raise ValidationFailed({name: ["Not a valid integer."]})
     if not minimum <= value <= maximum:
         raise ValidationFailed({name: [f"Must be between {minimum} and {maximum}."]})
     return value

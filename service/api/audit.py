@@ -6,13 +6,13 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify, request
 
-from service.api import caller, int_arg, iso, services
+from service.api import caller, int_arg, iso, parse_decimal, services
 from service.errors import ValidationFailed
 
 bp = Blueprint("audit", __name__)
 
 ACTIONS_RE = r"^[a-z][a-z0-9.-]{0,40}$"
-OUTCOMES = ("granted", "denied", "throttled", "noop")
+OUTCOMES = ("granted", "denied", "throttled", "noop", "unavailable", "alert")
 
 
 def _uuid_arg(name: str) -> str | None:
@@ -42,9 +42,10 @@ def _cursor_arg() -> int | None:
     raw = request.args.get("cursor")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    value = parse_decimal(raw)
+    if value is None:
         raise ValidationFailed({"cursor": ["Not a valid cursor."]})
-    return int(raw)
+    return value
 
 
 def event_json(row: dict[str, object]) -> dict[str, object]:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import hmac
 from importlib import resources
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api import services
+from service.errors import NotFound, Unauthorized
 from service.metrics import exposition_registry
 
 bp = Blueprint("health", __name__)
@@ -34,7 +36,16 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    registry = exposition_registry(services().metrics.registry)
+    """Prometheus metrics span every tenant: on the API port only for a scraper that
+    holds SEALEDNOTES_METRICS_TOKEN (the usual place is SEALEDNOTES_METRICS_BIND)."""
+    svc = services()
+    expected = svc.settings.metrics_token
+    if not expected:
+        raise NotFound("Metrics are served on the metrics address, not here")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        raise Unauthorized("Metrics need the metrics bearer token")
+    registry = exposition_registry(svc.metrics.registry)
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -41,6 +41,7 @@ from service import schemas as ms
 from service.app import MAX_REQUEST_BYTES
 from service.config import Budgets
 from service.models import Role
+from tests.conftest import METRICS_TOKEN
 from tests.helpers import Api, StackHelper, Tenant, Who
 
 AppFactory = Callable[..., Flask]
@@ -490,6 +491,8 @@ def test_v1_needs_a_bearer_token_and_health_does_not(spec: dict[str, Any]) -> No
         if op.path.startswith("/v1/"):
             assert effective == [{"bearerAuth": []}], op
             assert "401" in op.spec["responses"], op
+        elif op.path == "/metrics":  # spans every tenant: the scraper's own token
+            assert effective == [{"metricsToken": []}], op
         else:
             assert effective == [], op
 
@@ -647,7 +650,7 @@ def test_every_operation_succeeds_as_documented(
     c.call("GET", "/healthz", expect=200)
     _r, ready = c.call("GET", "/readyz", expect=200)
     assert ready["status"] == "ready"
-    _r, metrics = c.call("GET", "/metrics", expect=200)
+    _r, metrics = c.call("GET", "/metrics", METRICS_TOKEN, expect=200)
     assert "sealednotes_http_requests_total" in metrics
     c.call("GET", "/openapi.yaml", expect=200)
 
@@ -1675,7 +1678,7 @@ def test_bug_break_glass_disabled_is_not_a_500(make_app: AppFactory, contract: C
 
 
 def test_bug_metrics_content_type_has_one_charset(checked: Checked) -> None:
-    r, _ = checked.call("GET", "/metrics", expect=200)
+    r, _ = checked.call("GET", "/metrics", METRICS_TOKEN, expect=200)
     content_type = r.headers["Content-Type"]
     assert content_type.count("charset=") == 1, (
         f"BUG: /metrics answers Content-Type {content_type!r}: the charset parameter twice, "

@@ -59,6 +59,7 @@ from schemathesis.specs.openapi.checks import (
 
 from service.config import Budgets
 from service.models import Role
+from tests.conftest import METRICS_TOKEN
 from tests.helpers import Api, StackHelper
 
 AppFactory = Callable[..., Flask]
@@ -114,10 +115,10 @@ CHECKS = [
 
 # -- who calls what ----------------------------------------------------------------------------
 
-OPERATION_ROLES: dict[str, Role | None] = {
+OPERATION_ROLES: dict[str, Role | str | None] = {
     "healthz": None,
     "readyz": None,
-    "metrics": None,
+    "metrics": "metrics-scraper",
     "openapi": None,
     "getMe": Role.CLINICIAN,
     "createPatient": Role.INTEGRATION,
@@ -199,7 +200,7 @@ def is_negative_at(case: AnyCase, location: ParameterLocation) -> bool:
 class FuzzEnv:
     app: Flask
     api: Api
-    tokens: dict[Role, str]
+    tokens: dict[Role | str, str]
     # Six choices each, weighted towards the data that reaches the deepest code.
     patients: list[str]
     """The care-team patient with a note (x4), one outside the care team, a shredded one."""
@@ -303,6 +304,7 @@ def fuzz_env(make_app: AppFactory) -> Iterator[FuzzEnv]:
             Role.INTEGRATION: tenant.integration.token,
             Role.ADMIN: tenant.admin.token,
             Role.AUDITOR: auditor.token,
+            "metrics-scraper": METRICS_TOKEN,
         },
         patients=[patient, patient, patient, patient, outsider, shredded],
         notes=[note["id"]] * 5 + [shredded_note["id"]],

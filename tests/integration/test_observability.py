@@ -8,7 +8,7 @@ from collections.abc import Callable
 import requests
 
 from service.config import Budgets
-from tests.conftest import AppFactory, LiveServer
+from tests.conftest import METRICS_TOKEN, AppFactory, LiveServer
 from tests.helpers import Api, StackHelper, seed_patients
 
 
@@ -24,7 +24,7 @@ def test_metrics_cover_requests_releases_cache_and_suspensions(make_app: AppFact
         api.get(f"/v1/notes/{note}", dr.token)
     for _ in range(2):
         api.get(f"/v1/patients/{b}/notes?include=content", dr.token)  # throttled, suspended
-    text = api.get("/metrics").get_data(as_text=True)
+    text = api.get("/metrics", METRICS_TOKEN).get_data(as_text=True)
     for expected in (
         'sealednotes_http_requests_total{method="GET",route="/v1/notes/<uuid:note_id>",'
         'status="200"} 3.0',
@@ -54,7 +54,9 @@ def test_gunicorn_logs_are_json_with_request_ids_and_metrics_span_workers(
         f"{server.url}/v1/patients?external_id=SECRET-MRN-1", headers=headers, timeout=10
     )
     assert r.status_code == 404
-    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    # Metrics span every tenant: not on the API port, on their own listener.
+    assert requests.get(f"{server.url}/metrics", timeout=10).status_code == 404
+    metrics = requests.get(server.metrics_url, timeout=10).text
     line = next(
         x
         for x in metrics.splitlines()

@@ -13,7 +13,7 @@ from flask import Flask
 from service.clock import ManualClock
 from service.config import Budgets
 from service.models import Role
-from tests.conftest import AppFactory
+from tests.conftest import METRICS_TOKEN, AppFactory
 from tests.helpers import Api, StackHelper, Who, seed_patients
 
 
@@ -65,7 +65,7 @@ def test_attack_drill_one_hijacked_account(
     assert me.status_code == 403 and me.get_json()["type"].endswith("/account-suspended")
     alerts = app.extensions["sealednotes"].alerts.sent
     assert any(a["alert"] == "principal-suspended" and a["principal_id"] == dr.id for a in alerts)
-    metrics = api.get("/metrics").get_data(as_text=True)
+    metrics = api.get("/metrics", METRICS_TOKEN).get_data(as_text=True)
     assert 'sealednotes_suspensions_total{cause="repeated-budget-denials"} 1.0' in metrics
     missing = set(sent) - audited_request_ids(db_url)
     assert len(sent) > 1000 and not missing  # 100% of the attempts are in the access log
