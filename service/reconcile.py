@@ -86,7 +86,7 @@ def _parse_time(raw: str) -> datetime:
     raw = raw.replace("Z", "+00:00")
     head, sep, rest = raw.partition(".")
     if sep:
-        digits = "".join(ch for ch in rest if ch.isdigit())
+        digits = "".join(ch for ch in rest if "0" <= ch <= "9")
         tz = rest[len(digits) :]
         raw = f"{head}.{digits[:6].ljust(6, '0')}{tz}"
     at = datetime.fromisoformat(raw)
