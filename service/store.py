@@ -1034,7 +1034,7 @@ class Store:
         return applied
 
 
-OPERATIONAL_TABLES = (
+OPERATIONAL_TABLES: tuple[str, ...] = (
     "tenants",
     "principals",
     "tokens",
@@ -1049,6 +1049,13 @@ OPERATIONAL_TABLES = (
     "idempotency_keys",
 )
 APPEND_ONLY_TABLES = ("audit_events", "audit_checkpoints")
+# Identity providers and SMART clients (migration 0020; SQL in service/store_idp.py).
+OPERATIONAL_TABLES += (
+    "tenant_idps",
+    "principal_identities",
+    "oauth_clients",
+    "oauth_assertion_jtis",
+)
 
 
 def _grant_app_role(conn: psycopg.Connection[Any], role: str) -> None:
