@@ -278,10 +278,20 @@ def test_subjects_link_to_existing_principals_and_roles_come_from_the_issuer(
     other = stack.tenant()
     r = CliRunner().invoke(
         cli,
-        ["tenants", "idp", "set", other.name, "--issuer", issuer.issuer, "--jwks-url",
-         issuer.jwks_url, "--audience", AUDIENCE],
+        [
+            "tenants",
+            "idp",
+            "set",
+            other.name,
+            "--issuer",
+            issuer.issuer,
+            "--jwks-url",
+            issuer.jwks_url,
+            "--audience",
+            AUDIENCE,
+        ],
         env=cli_env(app.extensions["sealednotes"].settings),
-    )  # fmt: skip
+    )
     assert r.exit_code != 0 and "already trusts" in r.output
 
 
