@@ -139,7 +139,7 @@ def _as_operation_outcome(response: Response) -> Response:
 
 @bp.get("/metadata")
 def metadata() -> Response:
-    only_params("mode")
+    only_params()
     svc = services()
     return fhir(capability_statement(base_url(), token_url(), svc.clock.now()))
 
