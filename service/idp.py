@@ -260,7 +260,9 @@ class IdentityService:
                 raise IdentityProviderUnavailable() from None
             claims = verify_signature(token, alg, key)
             subject = claim_at(claims, idp.principal_claim)
+            known: Principal | None = None
             if isinstance(subject, str) and SUBJECT_RE.match(subject):
+                # Genuine signature: a refusal below names whose token it was.
                 with self._store.autocommit() as tx:
                     known = store_idp.principal_by_subject(tx, idp.tenant_id, subject)
                 principal_id = known.id if known else None
@@ -273,23 +275,27 @@ class IdentityService:
             )
             if not isinstance(subject, str) or not SUBJECT_RE.match(subject):
                 raise TokenRejected("missing-claim")
-            return self._principal_for(idp, subject, claims, ctx)
+            return self._principal_for(idp, subject, claims, known, ctx)
         except TokenRejected as e:
             self._deny(e.reason, tenant_id, principal_id, ctx)
             raise Unauthorized("The token is invalid, expired or not accepted here") from None
 
     def _principal_for(
-        self, idp: TenantIdp, subject: str, claims: dict[str, Any], ctx: RequestContext
+        self,
+        idp: TenantIdp,
+        subject: str,
+        claims: dict[str, Any],
+        known: Principal | None,
+        ctx: RequestContext,
     ) -> Principal:
         roles = _roles_from(idp, claims)
+        if known is not None:
+            # When the issuer states roles, they must still include the principal's:
+            # a clinician whose role was withdrawn at the issuer is refused.
+            if idp.role_claim is not None and known.role not in roles:
+                raise TokenRejected("role-mismatch")
+            return known
         with self._store.transaction() as tx:
-            principal = store_idp.principal_by_subject(tx, idp.tenant_id, subject)
-            if principal is not None:
-                # When the issuer states roles, they must still include the principal's:
-                # a clinician whose role was withdrawn at the issuer is refused.
-                if idp.role_claim is not None and principal.role not in roles:
-                    raise TokenRejected("role-mismatch")
-                return principal
             if not idp.allow_create:
                 raise TokenRejected("unknown-principal")
             if len(roles) != 1:

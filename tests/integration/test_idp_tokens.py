@@ -293,6 +293,9 @@ def test_subjects_link_to_existing_principals_and_roles_come_from_the_issuer(
         env=cli_env(app.extensions["sealednotes"].settings),
     )
     assert r.exit_code != 0 and "already trusts" in r.output
+    # Removing the issuer stops its tokens at once.
+    assert run_cli(app, "tenants", "idp", "remove", t.name)["removed"] is True
+    assert api.get("/v1/me", token).status_code == 401
 
 
 def test_issuer_key_rotation_is_followed_and_unknown_kids_are_rate_limited(
