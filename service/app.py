@@ -24,6 +24,7 @@ from service.audit import AuditCheckpointer, AuditLog, AuditService
 from service.clock import Clock, SystemClock
 from service.config import Settings
 from service.errors import Overloaded, ServiceError
+from service.idp import IdentityService
 from service.keycache import KeyCache
 from service.keyops import KeyOperations
 from service.keyrelease import KeyReleaseGate
@@ -33,6 +34,7 @@ from service.notes import NotesService
 from service.patients import PatientsService
 from service.principals import PrincipalsService
 from service.problems import problem_response
+from service.smart import SmartService
 from service.store import Store
 from service.vault import VaultKeyService
 
@@ -62,6 +64,8 @@ class Services:
     notes: NotesService
     patients: PatientsService
     principals: PrincipalsService
+    idp: IdentityService
+    smart: SmartService
 
 
 def build_services(
@@ -102,6 +106,7 @@ def build_services(
         clock=clock,
     )
     audit_service = AuditService(store=store, signer=keys, audit=audit, clock=clock)
+    idp = IdentityService(store=store, audit=audit, clock=clock, settings=settings.idp)
     return Services(
         settings=settings,
         clock=clock,
@@ -134,6 +139,10 @@ def build_services(
             tenant_cap=settings.budgets.tenant_per_hour,
             unwrap_headroom=settings.vault_unwrap_headroom,
         ),
+        idp=idp,
+        smart=SmartService(
+            store=store, audit=audit, clock=clock, settings=settings.idp, jwks=idp.jwks
+        ),
     )
 
 
@@ -153,9 +162,11 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sealednotes"] = services
 
-    from service.api import admin, audit, health, me, notes, patients
+    from service.api import admin, audit, fhir, health, me, notes, oauth, patients
 
     for bp in (health.bp, me.bp, patients.bp, notes.bp, admin.bp, audit.bp):
+        app.register_blueprint(bp)
+    for bp in (fhir.bp, oauth.bp):  # EHR integration: FHIR R4 facade, SMART token endpoint
         app.register_blueprint(bp)
 
     in_flight = threading.BoundedSemaphore(settings.max_in_flight)

@@ -911,5 +911,11 @@ Create a note, then read it back:
 """
 
 
+# EHR integration: tenants idp set|show|remove, principals link-subject|smart-client.
+from service.cli_ehr import register as _register_ehr  # noqa: E402
+
+_register_ehr(tenants, principals)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -68,6 +68,38 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class IdpSettings:
+    """Tokens from the tenants' identity providers and SMART Backend Services."""
+
+    jwks_cache_seconds: float = 300.0  # how long an issuer's published keys are trusted
+    jwks_min_refresh_seconds: float = 30.0  # an unknown `kid` refetches at most this often
+    jwks_timeout: float = 2.0
+    jwt_leeway_seconds: int = 30  # clock skew allowed on exp / nbf
+    smart_token_ttl_seconds: int = 300  # access tokens of POST /oauth2/token
+    public_url: str | None = None  # e.g. https://notes.example.org (token audience, fullUrl)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> IdpSettings:
+        leeway = _int(env, "SEALEDNOTES_JWT_LEEWAY_SECONDS", 30, minimum=0)
+        if leeway > 300:
+            raise ConfigError("SEALEDNOTES_JWT_LEEWAY_SECONDS must be <= 300")
+        ttl = _int(env, "SEALEDNOTES_SMART_TOKEN_TTL_SECONDS", 300, minimum=30)
+        if ttl > 3600:
+            raise ConfigError("SEALEDNOTES_SMART_TOKEN_TTL_SECONDS must be <= 3600")
+        public_url = (env.get("SEALEDNOTES_PUBLIC_URL") or "").rstrip("/") or None
+        if public_url is not None and not public_url.startswith(("https://", "http://")):
+            raise ConfigError("SEALEDNOTES_PUBLIC_URL must be an http(s) URL")
+        return cls(
+            jwks_cache_seconds=_float(env, "SEALEDNOTES_JWKS_CACHE_SECONDS", 300.0),
+            jwks_min_refresh_seconds=_float(env, "SEALEDNOTES_JWKS_MIN_REFRESH_SECONDS", 30.0),
+            jwks_timeout=_float(env, "SEALEDNOTES_JWKS_TIMEOUT", 2.0),
+            jwt_leeway_seconds=leeway,
+            smart_token_ttl_seconds=ttl,
+            public_url=public_url,
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = field(repr=False)
     vault_addr: str
@@ -102,6 +134,7 @@ class Settings:
     alert_webhook_url: str | None = None
     audit_checkpoint_seconds: float = 300.0
     max_body_chars: int = 1024 * 1024
+    idp: IdpSettings = field(default_factory=IdpSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -176,4 +209,5 @@ class Settings:
             audit_checkpoint_seconds=float(
                 _int(env, "SEALEDNOTES_AUDIT_CHECKPOINT_SECONDS", 300, minimum=0)
             ),
+            idp=IdpSettings.from_env(env),
         )

@@ -211,6 +211,7 @@ class NotesService:
         kind: str,
         content: NoteContent,
         encounter_at: datetime | None,
+        expected_patient_id: str | None = None,
     ) -> NoteRow:
         _require_clinician(caller)
         with self._store.transaction() as tx:
@@ -218,6 +219,8 @@ class NotesService:
             _patient, key, via = self._gate.key_for_write(
                 tx, caller, note.patient_id, action="note.amend", note_id=note.id
             )
+            if expected_patient_id is not None and expected_patient_id != note.patient_id:
+                raise Conflict("A note cannot move to another patient")  # FHIR update subject
             if note.status != "current":
                 raise Conflict("A note marked entered-in-error cannot be amended")
             now = self._clock.now()

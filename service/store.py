@@ -1156,6 +1156,18 @@ APP_GRANTS: dict[str, tuple[str, ...]] = {
     "audit_events": ("SELECT",),
     "audit_checkpoints": ("SELECT", "INSERT"),
     "schema_migrations": ("SELECT",),
+    # Identity providers and SMART clients (migration 0020; SQL in service/store_idp.py).
+    # Changes to the first three are access-rights changes, audited by triggers (0021).
+    "tenant_idps": (
+        "SELECT",
+        "INSERT",
+        "UPDATE (issuer, jwks_url, audience, principal_claim, role_claim, role_map,"
+        " allow_create, updated_at)",
+        "DELETE",
+    ),
+    "principal_identities": ("SELECT", "INSERT"),
+    "oauth_clients": ("SELECT", "INSERT", "UPDATE (client_id, jwks, jwks_url, updated_at)"),
+    "oauth_assertion_jtis": ("SELECT", "INSERT", "DELETE"),
 }
 APP_FUNCTIONS = (
     "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)",

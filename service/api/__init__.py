@@ -13,8 +13,8 @@ from flask import current_app, g, request
 
 from service.app import Services
 from service.audit import Caller
-from service.auth import authenticate
 from service.errors import AccountSuspended, BadRequest, ServiceError, ValidationFailed
+from service.idp import RequestContext
 
 
 class UnsupportedMediaType(ServiceError):
@@ -31,7 +31,11 @@ def services() -> Services:
 def caller() -> Caller:
     if "caller" not in g:
         svc = services()
-        principal = authenticate(svc.store, svc.clock, request.headers.get("Authorization"))
+        # An opaque `snt_` token or a JWT of the tenant's identity provider (service/idp.py).
+        principal = svc.idp.authenticate(
+            request.headers.get("Authorization"),
+            RequestContext(g.get("request_id"), request.remote_addr),
+        )
         # X-Forwarded-For is deliberately ignored: clients could spoof it.
         new = Caller(principal, g.get("request_id"), request.remote_addr)
         if principal.suspended:

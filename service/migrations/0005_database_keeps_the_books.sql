@@ -188,13 +188,18 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public 
 DECLARE
     v_actor text := nullif(current_setting('sealednotes.actor_id', true), '');
     v_role text := nullif(current_setting('sealednotes.actor_role', true), '');
-    v_reason text := p_reason;
+    -- The service may add a note to its own changes (a shred's reason, `via=idp`).
+    v_reason text := concat_ws(' ', p_reason,
+                               nullif(current_setting('sealednotes.reason', true), ''));
 BEGIN
     IF v_actor IS NOT NULL AND v_actor !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
         v_actor := NULL;
     END IF;
     IF v_role IS NULL THEN
         v_reason := concat_ws(' ', v_reason, 'via=sql', 'db_user=' || session_user);
+    END IF;
+    IF v_reason = '' THEN
+        v_reason := NULL;
     END IF;
     PERFORM sealednotes_audit_append(
         pg_backend_pid(), p_tenant, v_actor::uuid, v_role, p_patient, NULL, p_action, 'granted',
@@ -287,11 +292,9 @@ BEGIN
                 CASE WHEN NEW.is_decoy THEN 'set' ELSE 'cleared' END);
         END IF;
         IF OLD.shredded_at IS NULL AND NEW.shredded_at IS NOT NULL THEN
-            PERFORM sealednotes_audit_change(NEW.tenant_id, NEW.id, 'patient.shred',
-                nullif(current_setting('sealednotes.reason', true), ''));
+            PERFORM sealednotes_audit_change(NEW.tenant_id, NEW.id, 'patient.shred', NULL);
         ELSIF OLD.shredded_at IS NOT NULL AND NEW.shredded_at IS NULL THEN
-            PERFORM sealednotes_audit_change(NEW.tenant_id, NEW.id, 'patient.shred-cancel',
-                nullif(current_setting('sealednotes.reason', true), ''));
+            PERFORM sealednotes_audit_change(NEW.tenant_id, NEW.id, 'patient.shred-cancel', NULL);
         END IF;
         IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id
            OR NEW.external_id_index IS DISTINCT FROM OLD.external_id_index THEN

@@ -60,6 +60,7 @@ from schemathesis.specs.openapi.checks import (
 from service.config import Budgets
 from service.models import Role
 from tests.conftest import METRICS_TOKEN
+from tests.fuzz import fhir_fuzz
 from tests.helpers import Api, StackHelper
 
 AppFactory = Callable[..., Flask]
@@ -139,6 +140,7 @@ OPERATION_ROLES: dict[str, Role | str | None] = {
     "shredPatient": Role.ADMIN,
     "listAuditEvents": Role.AUDITOR,
     "verifyAuditLog": Role.AUDITOR,
+    **fhir_fuzz.FHIR_OPERATION_ROLES,  # /fhir/R4 and /oauth2/token
 }
 """operationId -> the role whose token the fuzzer sends (None: the operation needs no token)."""
 
@@ -210,6 +212,7 @@ class FuzzEnv:
     """The clinician (x3), a second clinician, the admin, the auditor."""
     note_version: int = 1
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # EHR operations (fhir_fuzz.py)
 
     def headers_for(self, operation: Operation) -> dict[str, str]:
         role = OPERATION_ROLES[operation_id(operation)]
@@ -248,11 +251,13 @@ class FuzzEnv:
             if_match = str(case.headers["If-Match"])
             if not IF_MATCH_RE.match(if_match) or zlib.crc32(if_match.encode()) % 2:
                 case.headers["If-Match"] = f'"{self.note_version}"'
+        fhir_fuzz.aim(self, case, op)
 
     def observe(self, case: AnyCase, response: Response) -> None:
         op = operation_id(case.operation)
         counts = self.statuses.setdefault(op, {})
         counts[response.status_code] = counts.get(response.status_code, 0) + 1
+        fhir_fuzz.observe(self, case, response, op)
         if op == "amendNote" and response.status_code == 200:
             self.note_version = int(response.headers["etag"][0].strip('"'))
         if op == "deleteCareTeamMember" and response.status_code == 204:
@@ -310,6 +315,7 @@ def fuzz_env(make_app: AppFactory) -> Iterator[FuzzEnv]:
         notes=[note["id"]] * 5 + [shredded_note["id"]],
         principals=[clinician.id] * 3 + [colleague.id, tenant.admin.id, auditor.id],
     )
+    fhir_fuzz.prepare(env, tenant.integration.id)
     CURRENT_APP.app = app
     try:
         yield env
@@ -372,12 +378,14 @@ def valid_case(operation: Operation, env: FuzzEnv) -> AnyCase:
         "note_id": env.notes[0],
         "principal_id": env.principals[0],
     }
-    path = {
+    path: dict[str, Any] = {
         name: params[name]
         for name in ("patient_id", "note_id", "principal_id")
         if name in operation.path
     }
     op = operation_id(operation)
+    extra = fhir_fuzz.valid_kwargs(op, env)
+    path.update(extra.pop("path_parameters_extra", {}))
     bodies: dict[str, Any] = {
         "createPatient": {"external_id": "MRN-AUTH-0001"},
         "putCareTeamMember": {},
@@ -396,6 +404,7 @@ def valid_case(operation: Operation, env: FuzzEnv) -> AnyCase:
         kwargs["query"] = {"external_id": MRN}
     if op == "amendNote":
         kwargs["headers"] = {"If-Match": f'"{env.note_version}"'}
+    kwargs.update(extra)
     return operation.Case(**kwargs)
 
 

@@ -427,3 +427,34 @@ def test_the_database_encodes_records_exactly_as_the_verifier(
             (at, *(fields[k] for k in auditchain.FIELDS)),
         ).fetchone()
     assert bytes(row[0]) == auditchain.canonical(at, fields)
+
+
+def test_who_may_sign_in_as_whom_is_audited_too(
+    world: dict[str, Any], api: Api, app_db_url: str
+) -> None:
+    """Trusting an issuer or linking a subject by SQL mints sign-ins like a token does:
+    the database records it."""
+    t: Tenant = world["t"]
+    dr: Who = world["dr"]
+    with as_service_role(app_db_url) as conn:
+        conn.execute(
+            "INSERT INTO tenant_idps (tenant_id, issuer, jwks_url, audience, created_at,"
+            " updated_at) VALUES (%s, 'https://evil.example', 'https://evil.example/jwks',"
+            " 'sealednotes', now(), now())",
+            (t.id,),
+        )
+        conn.execute(
+            "INSERT INTO principal_identities (tenant_id, subject, principal_id, created_at)"
+            " VALUES (%s, 'attacker', %s, now())",
+            (t.id, dr.id),
+        )
+        conn.execute("DELETE FROM tenant_idps WHERE tenant_id = %s", (t.id,))
+        assert refused(conn, "DELETE FROM principal_identities")
+    log = [
+        (e["action"], e["reason"])
+        for e in events(api, world["auditor"])
+        if e["action"] in ("tenant.idp", "principal.link")
+    ]
+    assert [a for a, _ in log] == ["tenant.idp", "principal.link", "tenant.idp"]
+    assert all(r.endswith("via=sql db_user=sealednotes_app_test") for _, r in log)
+    assert "issuer=https://evil.example" in log[0][1] and f"target={dr.id}" in log[1][1]
