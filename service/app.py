@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -20,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import deadline
 from service.alerts import Alerter
+from service.approvals import ApprovalsService
 from service.audit import AuditCheckpointer, AuditLog, AuditService
 from service.clock import Clock, SystemClock
 from service.config import Settings
@@ -28,6 +30,7 @@ from service.idp import IdentityService
 from service.keycache import KeyCache
 from service.keyops import KeyOperations
 from service.keyrelease import KeyReleaseGate
+from service.limits import ActionLimiter
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.notes import NotesService
@@ -66,6 +69,8 @@ class Services:
     principals: PrincipalsService
     idp: IdentityService
     smart: SmartService
+    approvals: ApprovalsService
+    limiter: ActionLimiter
 
 
 def build_services(
@@ -107,6 +112,15 @@ def build_services(
     )
     audit_service = AuditService(store=store, signer=keys, audit=audit, clock=clock)
     idp = IdentityService(store=store, audit=audit, clock=clock, settings=settings.idp)
+    limiter = ActionLimiter(budgets=settings.budgets, gate=gate, audit=audit, alerts=alerts)
+    approvals = ApprovalsService(
+        store=store,
+        audit=audit,
+        alerts=alerts,
+        clock=clock,
+        limiter=limiter,
+        hours=settings.budgets.approval_hours,
+    )
     return Services(
         settings=settings,
         clock=clock,
@@ -119,8 +133,17 @@ def build_services(
         audit_service=audit_service,
         checkpointer=AuditCheckpointer(audit_service, store, settings.audit_checkpoint_seconds),
         gate=gate,
-        keyops=KeyOperations(store=store, keys=keys, audit=audit, clock=clock, cache=cache),
-        notes=NotesService(store=store, gate=gate, audit=audit, clock=clock),
+        keyops=KeyOperations(
+            store=store,
+            keys=keys,
+            audit=audit,
+            clock=clock,
+            cache=cache,
+            approvals=approvals,
+            limiter=limiter,
+            shred_grace=timedelta(days=settings.budgets.shred_grace_days),
+        ),
+        notes=NotesService(store=store, gate=gate, audit=audit, clock=clock, limiter=limiter),
         patients=PatientsService(
             store=store,
             keys=keys,
@@ -129,6 +152,8 @@ def build_services(
             gate=gate,
             clock=clock,
             budgets=settings.budgets,
+            limiter=limiter,
+            approvals=approvals,
         ),
         principals=PrincipalsService(
             store=store,
@@ -138,7 +163,12 @@ def build_services(
             token_ttl_days=settings.token_ttl_days,
             tenant_cap=settings.budgets.tenant_per_hour,
             unwrap_headroom=settings.vault_unwrap_headroom,
+            budgets=settings.budgets,
+            limiter=limiter,
+            approvals=approvals,
         ),
+        approvals=approvals,
+        limiter=limiter,
         idp=idp,
         smart=SmartService(
             store=store, audit=audit, clock=clock, settings=settings.idp, jwks=idp.jwks

@@ -206,7 +206,7 @@ class AuditService:
                 patient_id=filters.get("patient_id"),
                 reason=_describe_filters(filters),
             )
-        return rows
+        return [_without_decoy_identity(r) for r in rows]
 
     def verify_as(self, caller: Caller) -> VerifyReport:
         if caller.principal.role not in AUDITOR_ROLES:
@@ -267,6 +267,18 @@ class AuditService:
     ) -> Iterator[dict[str, Any]]:
         with self._store.transaction() as tx:
             yield from tx.iter_audit_export(since=since, tenant_id=tenant_id)
+
+
+def _without_decoy_identity(row: dict[str, Any]) -> dict[str, Any]:
+    """Decoys stay secret: a tenant's auditors see that decoys were armed, disarmed or
+    approved, never which patients they are (operators' `audit export` has them). A
+    decoy that was touched is still fully visible, in the denied read's record."""
+    reason = row.get("reason") or ""
+    if row["action"] == "patient.decoy" or (
+        row["action"].startswith("approval.") and reason.startswith("decoy-clear ")
+    ):
+        return {**row, "patient_id": None}
+    return row
 
 
 def _without_location(problem: dict[str, Any] | None) -> dict[str, Any] | None:

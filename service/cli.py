@@ -354,8 +354,11 @@ def principals_revoke(principal_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def principals_unlock(principal_id: str, as_json: bool) -> None:
     """Lift a suspension (after investigating the alert)."""
+    from service.models import Principal
+
     with _errors():
         p = _services().principals.unlock(principal_id)
+    assert isinstance(p, Principal)  # operators unlock directly
     _emit(as_json, {"id": p.id, "suspended": p.suspended}, f"principal {p.id} unlocked")
 
 
@@ -482,11 +485,18 @@ def _reason(_ctx: Any, _param: Any, value: str) -> str:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True)
 def patients_shred(patient_id: str, reason: str, yes: bool, as_json: bool) -> None:
-    """Destroy a patient's wrapped key: its notes become unreadable forever."""
+    """Crypto-shred a patient: 410 at once, its wrapped key destroyed by `maintenance run`
+    once the grace period (SEALEDNOTES_SHRED_GRACE_DAYS) ends; then its notes are
+    unreadable forever."""
     if not yes and not as_json:
-        click.confirm(f"Destroy the key of patient {patient_id} for ever?", abort=True)
+        click.confirm(
+            f"Shred patient {patient_id} (key destroyed after the grace period)?", abort=True
+        )
+    from service.models import Patient
+
     with _errors():
         p = _services().keyops.shred(patient_id, reason)
+    assert isinstance(p, Patient)  # operators shred directly (with the grace period)
     _emit(
         as_json,
         {"patient_id": p.id, "shredded_at": p.shredded_at.isoformat() if p.shredded_at else None},
@@ -705,6 +715,105 @@ def maintenance_prune(older_than: Any, as_json: bool) -> None:
         as_json,
         {"deleted": deleted, "older_than_seconds": int(older_than.total_seconds())},
         ", ".join(f"{k}: {v} rows deleted" for k, v in deleted.items()),
+    )
+
+
+@maintenance.command("run")
+@click.option("--json", "as_json", is_flag=True)
+def maintenance_run(as_json: bool) -> None:
+    """Destroy the wrapped keys of patients whose shred grace period has ended
+    (audited, one record per patient). Run it daily, as the maintenance role."""
+    from service.store import Store
+
+    url = os.environ.get("SEALEDNOTES_DATABASE_URL")
+    if not url:
+        raise click.ClickException("SEALEDNOTES_DATABASE_URL is required")
+    with _errors():
+        store = Store(url, min_size=0, max_size=1, timeout=60)
+        try:
+            with store.transaction() as tx:
+                destroyed = tx.destroy_due_keys()
+        finally:
+            store.close()
+    _emit(as_json, {"keys_destroyed": destroyed}, f"{destroyed} shredded patients' keys destroyed")
+
+
+# -- two-person approvals ---------------------------------------------------------------
+
+
+@main.group()
+def approvals() -> None:
+    """List and decide admins' requests for weakening actions, as an admin of the tenant
+    (your own admin token in SEALEDNOTES_ADMIN_TOKEN)."""
+
+
+def _admin_caller(svc: Any) -> Any:
+    from service.audit import Caller
+    from service.auth import authenticate
+
+    token = os.environ.get("SEALEDNOTES_ADMIN_TOKEN")
+    if not token:
+        raise click.ClickException(
+            "SEALEDNOTES_ADMIN_TOKEN is required: your own admin token (an approval is "
+            "yours, and may not be for a request of your own)"
+        )
+    with _errors():
+        return Caller(authenticate(svc.store, svc.clock, f"Bearer {token}"), "cli")
+
+
+def _approval_dict(a: Any) -> dict[str, Any]:
+    from service.api.admin import approval_json
+
+    return approval_json(a)
+
+
+@approvals.command("list")
+@click.option("--status", type=click.Choice(["pending", "approved", "rejected"]), default="pending")
+@click.option("--json", "as_json", is_flag=True)
+def approvals_list(status: str, as_json: bool) -> None:
+    """Requests of your tenant (pending by default)."""
+    svc = _services()
+    caller = _admin_caller(svc)
+    with _errors():
+        items = [_approval_dict(a) for a in svc.approvals.list(caller, status)]
+    if as_json:
+        click.echo(json.dumps({"items": items}))
+        return
+    for a in items:
+        click.echo(
+            f"{a['id']}  {a['kind']:<16} {a['status']:<8} requested by {a['requested_by']} "
+            f"at {a['requested_at']}, expires {a['expires_at']}  "
+            f"target {a['target_principal_id'] or a['target_patient_id']} {a['params'] or ''}"
+        )
+
+
+@approvals.command("approve")
+@click.argument("approval_id")
+@click.option("--json", "as_json", is_flag=True)
+def approvals_approve(approval_id: str, as_json: bool) -> None:
+    """Approve another admin's request: the action is carried out now, in your name."""
+    svc = _services()
+    caller = _admin_caller(svc)
+    with _errors():
+        approval, result = svc.approvals.approve(caller, approval_id)
+    _emit(
+        as_json,
+        {"approval": _approval_dict(approval), "result": result},
+        f"approved {approval.kind} {approval.id}: {json.dumps(result)}",
+    )
+
+
+@approvals.command("reject")
+@click.argument("approval_id")
+@click.option("--json", "as_json", is_flag=True)
+def approvals_reject(approval_id: str, as_json: bool) -> None:
+    """Reject another admin's request."""
+    svc = _services()
+    caller = _admin_caller(svc)
+    with _errors():
+        approval = svc.approvals.reject(caller, approval_id)
+    _emit(
+        as_json, {"approval": _approval_dict(approval)}, f"rejected {approval.kind} {approval.id}"
     )
 
 

@@ -65,6 +65,16 @@ class Budgets:
     suspend_after_denials: int = 5
     break_glass_per_day: int = 3
     break_glass_hours: float = 4.0
+    # Limits on every role (per principal per hour); past them: 429, a denial, an alert.
+    writes_per_hour: int = 60  # distinct patients a clinician writes to
+    admin_actions_per_hour: int = 60
+    care_team_grants_per_hour: int = 2000  # by an integration
+    lookups_per_hour: int = 2000  # patient lookups, reads and registrations
+    # Two admins: past this many care-team grants in an hour an admin's grant waits
+    # for another admin's approval; requests wait this long.
+    admin_care_team_grants_per_hour: int = 10
+    approval_hours: float = 24.0
+    shred_grace_days: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,19 @@ class Settings:
                 suspend_after_denials=_int(env, "SEALEDNOTES_SUSPEND_AFTER_DENIALS", 5, minimum=1),
                 break_glass_per_day=_int(env, "SEALEDNOTES_BREAK_GLASS_PER_DAY", 3, minimum=0),
                 break_glass_hours=_float(env, "SEALEDNOTES_BREAK_GLASS_HOURS", 4.0),
+                writes_per_hour=_int(env, "SEALEDNOTES_WRITES_PER_HOUR", 60, minimum=1),
+                admin_actions_per_hour=_int(
+                    env, "SEALEDNOTES_ADMIN_ACTIONS_PER_HOUR", 60, minimum=1
+                ),
+                care_team_grants_per_hour=_int(
+                    env, "SEALEDNOTES_CARE_TEAM_GRANTS_PER_HOUR", 2000, minimum=1
+                ),
+                lookups_per_hour=_int(env, "SEALEDNOTES_LOOKUPS_PER_HOUR", 2000, minimum=1),
+                admin_care_team_grants_per_hour=_int(
+                    env, "SEALEDNOTES_ADMIN_CARE_TEAM_GRANTS_PER_HOUR", 10, minimum=0
+                ),
+                approval_hours=_float(env, "SEALEDNOTES_APPROVAL_HOURS", 24.0),
+                shred_grace_days=_float(env, "SEALEDNOTES_SHRED_GRACE_DAYS", 7.0),
             ),
             key_cache_ttl=key_cache_ttl,
             key_cache_size=_int(env, "SEALEDNOTES_KEY_CACHE_SIZE", 4096, minimum=0),

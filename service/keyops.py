@@ -9,16 +9,21 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from crypto import DecryptionError, WrappedKey, key_context, open_sealed, seal
 from service.audit import AuditLog, Caller
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound
 from service.keycache import KeyCache
-from service.models import Patient, PatientKeyRow, Role
+from service.models import Approval, Patient, PatientKeyRow, Role
 from service.notes import _aad
-from service.store import Store
+from service.store import Store, Tx
+
+if TYPE_CHECKING:
+    from service.approvals import ApprovalsService, Pending
+    from service.limits import ActionLimiter
 from service.vault import VaultKeyService
 
 log = logging.getLogger(__name__)
@@ -60,12 +65,21 @@ class KeyOperations:
         audit: AuditLog,
         clock: Clock,
         cache: KeyCache,
+        approvals: ApprovalsService | None = None,
+        limiter: ActionLimiter | None = None,
+        shred_grace: timedelta = timedelta(days=7),
     ) -> None:
         self._store = store
         self._keys = keys
         self._audit = audit
         self._clock = clock
         self._cache = cache
+        self._approvals = approvals
+        self._limiter = limiter
+        self._grace = shred_grace
+        if approvals is not None:
+            approvals.register("shred", self._approved_shred)
+            approvals.register("shred-cancel", self._approved_shred_cancel)
 
     # -- status -------------------------------------------------------------------------
 
@@ -281,20 +295,92 @@ class KeyOperations:
             raise NotFound("No such patient")
         return patient
 
-    def shred(self, patient_id: str, reason: str, caller: Caller | None = None) -> Patient:
-        """Destroy the patient's wrapped data key: its notes can never be read again."""
+    def shred(
+        self, patient_id: str, reason: str, caller: Caller | None = None
+    ) -> Patient | Pending:
+        """Crypto-shred a patient: it answers 410 at once, and its wrapped data key is
+        destroyed when the grace period ends (`sealednotes maintenance run`), after
+        which its notes can never be read again. An admin's shred waits for a second
+        admin; an operator's (command line, no caller) is recorded as such."""
         if caller is not None and caller.principal.role is not Role.ADMIN:
             raise Forbidden("Only admins shred patients")
         patient = self._patient(patient_id, caller)
         with self._store.transaction() as tx:
+            now = self._clock.now()
+            if caller is not None:
+                assert self._approvals is not None and self._limiter is not None
+                self._limiter.charge(tx, caller, self._limiter.admin, now, action="patient.shred")
+                if patient.shredded_at is not None:
+                    raise Conflict("The patient is already shredded")
+                return self._approvals.request(
+                    tx,
+                    caller,
+                    "shred",
+                    now,
+                    target_patient_id=patient.id,
+                    params={"reason": reason},
+                )
             # The database records the shred (a trigger on patients), with this reason.
-            self._audit.attribute(tx, caller, reason=reason)
-            if not tx.shred_patient(patient.tenant_id, patient.id, self._clock.now()):
+            self._audit.attribute(tx, None, reason=reason)
+            if not tx.shred_patient(patient.tenant_id, patient.id, now, now + self._grace):
                 raise Conflict("The patient is already shredded")
             shredded = tx.patient_by_id(patient.id)
         self._cache.clear()
         assert shredded is not None
         return shredded
+
+    def _approved_shred(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+        assert approval.target_patient_id is not None
+        now = self._clock.now()
+        # The shred's record carries the requester's reason and the approval.
+        self._audit.attribute(
+            tx,
+            approver,
+            reason=f"{approval.params.get('reason', '')} approval={approval.id}"
+            f" requested_by={approval.requested_by}",
+        )
+        if not tx.shred_patient(
+            approval.tenant_id, approval.target_patient_id, now, now + self._grace
+        ):
+            raise Conflict("The patient is already shredded")
+        self._cache.clear()
+        return {
+            "patient_id": approval.target_patient_id,
+            "shredded_at": now.isoformat(),
+            "key_destroyed_after": (now + self._grace).isoformat(),
+        }
+
+    def cancel_shred(self, caller: Caller, patient_id: str) -> Pending:
+        """Undo a shred before its key is destroyed: always needs two admins."""
+        if caller.principal.role is not Role.ADMIN:
+            raise Forbidden("Only admins cancel a shred")
+        assert self._approvals is not None and self._limiter is not None
+        patient = self._patient(patient_id, caller)
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            self._limiter.charge(
+                tx, caller, self._limiter.admin, now, action="patient.shred-cancel"
+            )
+            if patient.shredded_at is None:
+                raise Conflict("The patient is not shredded")
+            return self._approvals.request(
+                tx, caller, "shred-cancel", now, target_patient_id=patient.id
+            )
+
+    def _approved_shred_cancel(
+        self, tx: Tx, approver: Caller, approval: Approval
+    ) -> dict[str, Any]:
+        assert approval.target_patient_id is not None
+        if not tx.cancel_shred(approval.tenant_id, approval.target_patient_id):
+            raise Conflict("The key is already destroyed, or the patient is not shredded")
+        return {"patient_id": approval.target_patient_id, "shredded": False}
+
+    def destroy_due_keys(self) -> int:
+        """Maintenance: destroy the keys whose shred grace period has ended."""
+        with self._store.transaction() as tx:
+            n = tx.destroy_due_keys()
+        self._cache.clear()
+        return n
 
     # -- per-patient re-key ---------------------------------------------------------------
 

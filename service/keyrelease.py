@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,6 +46,7 @@ from service.models import BudgetUsage, GateSnapshot, Patient, Principal
 from service.store import DAY, HOUR, Tx
 
 log = logging.getLogger(__name__)
+TENANT_INCIDENT_EVERY = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ class KeyReleaseGate:
         self._metrics = metrics
         self._budgets = budgets
         self._clock = clock
+        self._incidents: dict[str, datetime] = {}
 
     # -- limits ----------------------------------------------------------------------
 
@@ -282,7 +285,14 @@ class KeyReleaseGate:
     # -- budget -----------------------------------------------------------------------
 
     def _charge_budget(
-        self, tx: Tx, caller: Caller, patient_id: str, now: datetime, seen: BudgetUsage
+        self,
+        tx: Tx,
+        caller: Caller,
+        patient_id: str,
+        now: datetime,
+        seen: BudgetUsage,
+        *,
+        via: str = "care-team",
     ) -> tuple[BudgetUsage, BudgetExceeded | None]:
         # Releases are counted in windows that end "now" with no upper bound, so a
         # release committed by a request that started after this one still counts.
@@ -302,7 +312,8 @@ class KeyReleaseGate:
         if usage.patient_in_hour:
             return usage, None
         per_hour, per_day = self.limits_for(p)
-        if usage.hour >= per_hour:
+        # Break-glass has its own budget (charged when opened): only the tenant cap here.
+        if via == "care-team" and usage.hour >= per_hour:
             return usage, BudgetExceeded(
                 f"Hourly key-release budget of {per_hour} distinct patients is exhausted",
                 retry_after=_seconds_until(
@@ -310,7 +321,7 @@ class KeyReleaseGate:
                 ),
                 scope="principal-hour",
             )
-        if not usage.patient_in_day and usage.day >= per_day:
+        if via == "care-team" and not usage.patient_in_day and usage.day >= per_day:
             return usage, BudgetExceeded(
                 f"Daily key-release budget of {per_day} distinct patients is exhausted",
                 retry_after=_seconds_until(
@@ -328,7 +339,7 @@ class KeyReleaseGate:
                 scope="tenant-hour",
             )
         try:
-            tx.record_release(p.id, p.tenant_id, patient_id, now)
+            tx.record_release(p.id, p.tenant_id, patient_id, now, via=via)
         except TenantCapReached:
             # The database's own count of the tenant's releases (its clock) refused the
             # row: the transaction is aborted, start the denial afresh.
@@ -338,6 +349,8 @@ class KeyReleaseGate:
                 retry_after=60,
                 scope="tenant-hour",
             )
+        if via == "break-glass":
+            return usage, None
         return (
             BudgetUsage(
                 hour=usage.hour + 1,
@@ -374,11 +387,30 @@ class KeyReleaseGate:
             reason=scope,
         )
         self._metrics.key_releases.labels(outcome="throttled").inc()
+        if scope == "tenant-hour":
+            # Someone else's exhaustion of the tenant cap is not this caller's fault: it
+            # never counts towards the caller's suspension. It is a tenant incident.
+            self._tenant_incident(tx, p.tenant_id, now)
+            self._deny_and_commit(tx, exc)
         if self.count_denial(tx, caller, now, scope=scope, cause="repeated-budget-denials") == 1:
             self._alerts.emit(
                 "budget-exhausted", scope=scope, tenant_id=p.tenant_id, principal_id=p.id
             )
         self._deny_and_commit(tx, exc)
+
+    def _tenant_incident(self, tx: Tx, tenant_id: str, now: datetime) -> None:
+        """Alert (at most every ten minutes per tenant and worker) naming the accounts
+        that spent the tenant's cap in the last hour."""
+        last = self._incidents.get(tenant_id)
+        if last is not None and now - last < TENANT_INCIDENT_EVERY:
+            return
+        self._incidents[tenant_id] = now
+        spenders = tx.top_releasers(tenant_id, now - HOUR)
+        self._alerts.emit(
+            "tenant-cap-exhausted",
+            tenant_id=tenant_id,
+            top_accounts=[{"principal_id": pid, "releases": n} for pid, n in spenders],
+        )
 
     def count_denial(self, tx: Tx, caller: Caller, now: datetime, *, scope: str, cause: str) -> int:
         """Count a denial against the principal; suspend it (audited, alerted) when the
@@ -404,13 +436,11 @@ class KeyReleaseGate:
         patient, via, snap = self._access(
             tx, caller, patient_id, now, action=action, note_id=note_id
         )
-        if via == "care-team":
-            usage, exceeded = self._charge_budget(tx, caller, patient.id, now, snap.usage)
-            if exceeded is not None:
-                self._throttle(tx, caller, patient.id, note_id, action, exceeded, now)
-        else:
-            # Break-glass has its own budget, charged when it was opened.
-            usage = snap.usage
+        # Care team: the principal's budget and the tenant cap. Break-glass: its own
+        # budget was charged when it was opened; the tenant cap still applies.
+        usage, exceeded = self._charge_budget(tx, caller, patient.id, now, snap.usage, via=via)
+        if exceeded is not None:
+            self._throttle(tx, caller, patient.id, note_id, action, exceeded, now)
         key = self._unwrap(
             tx,
             caller,
@@ -441,16 +471,20 @@ class KeyReleaseGate:
         *,
         action: str,
         note_id: str | None = None,
+        charge: Callable[[datetime, str], None] | None = None,
     ) -> tuple[Patient, bytes, str]:
         """Access-check a write; return the patient, its data key (created if needed)
         and how access was granted ("care-team" or "break-glass").
 
-        The caller audits the write itself, once it knows the note id.
+        The caller audits the write itself, once it knows the note id. `charge` (the
+        write budget) runs after the access check and before any key leaves Vault.
         """
         now = self._clock.now()
         patient, via, _snap = self._access(
             tx, caller, patient_id, now, action=action, note_id=note_id
         )
+        if charge is not None:
+            charge(now, patient.id)
         key = self._unwrap(
             tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class Role(StrEnum):
@@ -30,6 +31,8 @@ class Principal:
     suspended_at: datetime | None = None
     release_per_hour: int | None = None
     release_per_day: int | None = None
+    suspended_reason: str | None = None
+    last_unlocked_at: datetime | None = None  # denials before it no longer count
 
     @property
     def suspended(self) -> bool:
@@ -115,3 +118,21 @@ class BudgetUsage:
     day_oldest: datetime | None
     tenant_oldest: datetime | None
     tenant_cap: int | None = None  # the tenant's hourly cap (read under the budget lock)
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A weakening admin action waiting for a second admin (service/approvals.py)."""
+
+    id: str
+    tenant_id: str
+    kind: str  # budget-raise | decoy-clear | unlock | shred | shred-cancel | care-team-grant
+    target_principal_id: str | None
+    target_patient_id: str | None
+    params: dict[str, Any]
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    status: str = "pending"  # pending | approved | rejected
+    decided_by: str | None = None
+    decided_at: datetime | None = None

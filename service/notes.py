@@ -8,8 +8,10 @@ import hmac
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from crypto import DecryptionError, note_aad, open_sealed, seal
 from service.audit import AuditLog, Caller
@@ -18,6 +20,9 @@ from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound, Prec
 from service.keyrelease import BudgetStatus, KeyReleaseGate
 from service.models import NoteRow, NoteVersionRow, Role
 from service.store import Store, Tx
+
+if TYPE_CHECKING:
+    from service.limits import ActionLimiter
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +103,32 @@ def _require_clinician(caller: Caller) -> None:
 
 
 class NotesService:
-    def __init__(self, *, store: Store, gate: KeyReleaseGate, audit: AuditLog, clock: Clock):
+    def __init__(
+        self,
+        *,
+        store: Store,
+        gate: KeyReleaseGate,
+        audit: AuditLog,
+        clock: Clock,
+        limiter: ActionLimiter | None = None,
+    ):
         self._store = store
         self._gate = gate
         self._audit = audit
         self._clock = clock
+        self._limiter = limiter
+
+    def _write_budget(self, tx: Tx, caller: Caller, action: str) -> Callable[[datetime, str], None]:
+        """Distinct patients a clinician writes to per hour: a hijacked account cannot
+        amend or void notes across the practice (another author's notes included)."""
+
+        def charge(now: datetime, patient_id: str) -> None:
+            if self._limiter is not None:
+                self._limiter.charge(
+                    tx, caller, self._limiter.write, now, action=action, patient_id=patient_id
+                )
+
+        return charge
 
     def _decrypt(self, key: bytes | None, note: NoteRow, row: NoteVersionRow) -> NoteContent:
         if key is None:
@@ -151,7 +177,12 @@ class NotesService:
         note_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
             patient, key, via = self._gate.key_for_write(
-                tx, caller, patient_id, action="note.create", note_id=note_id
+                tx,
+                caller,
+                patient_id,
+                action="note.create",
+                note_id=note_id,
+                charge=self._write_budget(tx, caller, "note.create"),
             )
             now = self._clock.now()
             if idempotency_key is not None:
@@ -217,7 +248,12 @@ class NotesService:
         with self._store.transaction() as tx:
             note = self._note_or_404(tx, caller, note_id, "note.amend")
             _patient, key, via = self._gate.key_for_write(
-                tx, caller, note.patient_id, action="note.amend", note_id=note.id
+                tx,
+                caller,
+                note.patient_id,
+                action="note.amend",
+                note_id=note.id,
+                charge=self._write_budget(tx, caller, "note.amend"),
             )
             if expected_patient_id is not None and expected_patient_id != note.patient_id:
                 raise Conflict("A note cannot move to another patient")  # FHIR update subject
@@ -252,7 +288,12 @@ class NotesService:
         with self._store.transaction() as tx:
             note = self._note_or_404(tx, caller, note_id, "note.delete")
             _patient, _key, via = self._gate.key_for_write(
-                tx, caller, note.patient_id, action="note.delete", note_id=note.id
+                tx,
+                caller,
+                note.patient_id,
+                action="note.delete",
+                note_id=note.id,
+                charge=self._write_budget(tx, caller, "note.delete"),
             )
             now = self._clock.now()
             tx.mark_entered_in_error(note.id, now)

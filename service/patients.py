@@ -1,4 +1,11 @@
-"""Patient, care-team and break-glass use cases."""
+"""Patient, care-team and break-glass use cases.
+
+Registration belongs to the EHR: only the integration role registers patients, so
+nobody can squat an identifier and be on its care team when the real patient
+arrives. Every role has limits (service/limits.py); an admin's care-team grants
+past the hourly threshold and clearing a decoy wait for a second admin
+(service/approvals.py).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,23 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from service.alerts import Alerter
+from service.approvals import ApprovalsService, Pending
 from service.audit import AuditLog, Caller
 from service.clock import Clock
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded, Conflict, Forbidden, NotFound
 from service.keyrelease import KeyReleaseGate
-from service.models import Patient, Role
-from service.store import DAY, Store, Tx
+from service.limits import ActionLimiter
+from service.models import Approval, Patient, Role
+from service.store import DAY, HOUR, Store, Tx
 from service.vault import VaultKeyService
+
+# Looked up in place of a patient that does not exist, so that "no such patient" and
+# "not yours" take the same queries (and the same time) for a clinician.
+NO_PATIENT = "00000000-0000-0000-0000-000000000000"
 
 
 def normalize_external_id(value: str) -> str:
@@ -42,6 +56,8 @@ class PatientsService:
         gate: KeyReleaseGate,
         clock: Clock,
         budgets: Budgets,
+        limiter: ActionLimiter,
+        approvals: ApprovalsService,
     ) -> None:
         self._store = store
         self._keys = keys
@@ -50,30 +66,26 @@ class PatientsService:
         self._gate = gate
         self._clock = clock
         self._budgets = budgets
+        self._limiter = limiter
+        self._approvals = approvals
+        approvals.register("decoy-clear", self._approved_decoy_clear)
+        approvals.register("care-team-grant", self._approved_care_team_grant)
+
+    # -- registration and lookups --------------------------------------------------------
 
     def create(self, caller: Caller, external_id: str) -> Patient:
         p = caller.principal
-        if p.role not in (Role.INTEGRATION, Role.CLINICIAN):
-            raise Forbidden("Only integrations and clinicians register patients")
+        if p.role is not Role.INTEGRATION:
+            raise Forbidden("Only the EHR integration registers patients")
         index = self._keys.blind_index(
             tenant_id=p.tenant_id, value=normalize_external_id(external_id)
         )
         with self._store.transaction() as tx:
             now = self._clock.now()
+            self._limiter.charge(tx, caller, self._limiter.lookup, now, action="patient.create")
             patient_id = tx.insert_patient(str(uuid.uuid4()), p.tenant_id, index, now)
             if patient_id is None:
                 existing = tx.patient_by_index(p.tenant_id, index)
-                if p.role is Role.CLINICIAN:
-                    # A 409 tells a clinician that an identifier exists in the tenant:
-                    # probing for identifiers counts like any other denial (and, like
-                    # every suspension, locks the principal before any audit shard).
-                    self._gate.count_denial(
-                        tx,
-                        caller,
-                        now,
-                        scope="duplicate-registration",
-                        cause="repeated-duplicate-registrations",
-                    )
                 self._audit.record(
                     tx,
                     action="patient.create",
@@ -83,14 +95,8 @@ class PatientsService:
                     reason="duplicate",
                 )
                 tx.commit()
-                extra = (
-                    {"patient_id": existing.id} if existing and p.role is Role.INTEGRATION else {}
-                )
+                extra = {"patient_id": existing.id} if existing else {}
                 raise Conflict("A patient with this external id already exists", extra=extra)
-            if p.role is Role.CLINICIAN:
-                # A clinician who registers a patient is treating them.
-                self._audit.attribute(tx, caller)
-                tx.upsert_care_team(patient_id, p.id, None, now)
             self._audit.record(
                 tx,
                 action="patient.create",
@@ -110,8 +116,10 @@ class PatientsService:
             tenant_id=p.tenant_id, value=normalize_external_id(external_id)
         )
         with self._store.transaction() as tx:
+            now = self._clock.now()
+            self._limiter.charge(tx, caller, self._limiter.lookup, now, action="patient.lookup")
             return self._visible(
-                tx, caller, tx.patient_by_index(p.tenant_id, index), action="patient.lookup"
+                tx, caller, tx.patient_by_index(p.tenant_id, index), now, action="patient.lookup"
             )
 
     def get(self, caller: Caller, patient_id: str) -> Patient:
@@ -119,20 +127,23 @@ class PatientsService:
         if p.role not in (Role.INTEGRATION, Role.CLINICIAN):
             raise Forbidden("Only integrations and clinicians read patient records")
         with self._store.transaction() as tx:
+            now = self._clock.now()
+            self._limiter.charge(tx, caller, self._limiter.lookup, now, action="patient.read")
             return self._visible(
-                tx, caller, tx.patient(p.tenant_id, patient_id), action="patient.read"
+                tx, caller, tx.patient(p.tenant_id, patient_id), now, action="patient.read"
             )
 
-    def _visible(self, tx: Tx, caller: Caller, patient: Patient | None, *, action: str) -> Patient:
+    def _visible(
+        self, tx: Tx, caller: Caller, patient: Patient | None, now: datetime, *, action: str
+    ) -> Patient:
         """An integration sees every patient of its tenant; a clinician only those on its
         care team or under its break-glass. Anything else is audited and answers 404,
-        exactly like a patient that does not exist."""
+        exactly like a patient that does not exist, by the same path."""
         p = caller.principal
-        now = self._clock.now()
         visible = patient is not None
-        if patient is not None and p.role is Role.CLINICIAN:
-            care, glass = tx.access_to_patient(p.id, patient.id, now)
-            visible = care or glass
+        if p.role is Role.CLINICIAN:
+            care, glass = tx.access_to_patient(p.id, patient.id if patient else NO_PATIENT, now)
+            visible = visible and (care or glass)
         self._audit.record(
             tx,
             action=action,
@@ -146,33 +157,76 @@ class PatientsService:
             raise NotFound()
         return patient
 
+    # -- care teams ------------------------------------------------------------------------
+
     def set_care_team(
         self, caller: Caller, patient_id: str, member_id: str, until: datetime | None
-    ) -> bool:
+    ) -> bool | Pending:
+        """Add or extend a membership; True when new. An integration's grants are limited
+        per hour; an admin's grants past the hourly threshold wait for a second admin."""
         p = caller.principal
         if p.role not in (Role.INTEGRATION, Role.ADMIN):
             raise Forbidden("Only integrations and admins manage care teams")
         with self._store.transaction() as tx:
             now = self._clock.now()
+            if p.role is Role.ADMIN:
+                self._limiter.charge(tx, caller, self._limiter.admin, now, action="care-team.add")
             patient = tx.patient(p.tenant_id, patient_id)
             member = tx.principal_in_tenant(p.tenant_id, member_id)
             if patient is None or member is None:
                 raise NotFound()
             if member.role is not Role.CLINICIAN:
                 raise Conflict("Only clinicians can be on a care team")
+            if p.role is Role.ADMIN:
+                granted = tx.count_actions(p.id, "care-team", now - HOUR)
+                if granted >= self._budgets.admin_care_team_grants_per_hour:
+                    return self._approvals.request(
+                        tx,
+                        caller,
+                        "care-team-grant",
+                        now,
+                        target_principal_id=member.id,
+                        target_patient_id=patient.id,
+                        params={"until": until.isoformat() if until else None},
+                    )
+                tx.record_action(p.id, "care-team", now)
+            else:
+                self._limiter.charge(
+                    tx, caller, self._limiter.care_team, now, action="care-team.add"
+                )
             self._audit.attribute(tx, caller)  # the database records the change
             return tx.upsert_care_team(patient.id, member.id, until, now)
+
+    def _approved_care_team_grant(
+        self, tx: Tx, approver: Caller, approval: Approval
+    ) -> dict[str, Any]:
+        assert approval.target_patient_id and approval.target_principal_id
+        raw = approval.params.get("until")
+        until = datetime.fromisoformat(raw) if raw else None
+        tx.upsert_care_team(
+            approval.target_patient_id, approval.target_principal_id, until, self._clock.now()
+        )
+        return {
+            "patient_id": approval.target_patient_id,
+            "principal_id": approval.target_principal_id,
+            "until": raw,
+        }
 
     def remove_care_team(self, caller: Caller, patient_id: str, member_id: str) -> None:
         p = caller.principal
         if p.role not in (Role.INTEGRATION, Role.ADMIN):
             raise Forbidden("Only integrations and admins manage care teams")
         with self._store.transaction() as tx:
+            now = self._clock.now()
+            limit = self._limiter.admin if p.role is Role.ADMIN else self._limiter.care_team
+            self._limiter.charge(tx, caller, limit, now, action="care-team.remove")
             if tx.patient(p.tenant_id, patient_id) is None:
                 raise NotFound()
             self._audit.attribute(tx, caller)  # the database records the change
             if not tx.delete_care_team(patient_id, member_id):
                 raise NotFound()
+
+    # -- break-glass -----------------------------------------------------------------------
 
     def break_glass(self, caller: Caller, patient_id: str, reason: str) -> BreakGlass:
         p = caller.principal
@@ -187,26 +241,15 @@ class PatientsService:
                 raise AccountSuspended()
             patient = tx.patient(p.tenant_id, patient_id)
             if patient is None:
-                self._audit.record(
-                    tx,
-                    action="break-glass",
-                    outcome="denied",
-                    caller=caller,
-                    reason="no-such-patient",
-                )
-                tx.commit()
+                self._refuse(tx, caller, now, None, reason="no-such-patient")
                 raise NotFound()
+            care, _glass = tx.access_to_patient(p.id, patient.id, now)
+            if care:
+                # Nothing to break: no slot used, nothing opened, not a denial.
+                raise Conflict("The patient is on your care team: no break-glass is needed")
             opened = tx.break_glass_opened_since(p.id, now - DAY)
             if len(opened) >= self._budgets.break_glass_per_day:
-                self._audit.record(
-                    tx,
-                    action="break-glass",
-                    outcome="throttled",
-                    caller=caller,
-                    patient_id=patient.id,
-                    reason=reason,
-                )
-                tx.commit()
+                self._refuse(tx, caller, now, patient.id, reason=reason, outcome="throttled")
                 self._alerts.emit(
                     "break-glass-budget-exhausted",
                     tenant_id=p.tenant_id,
@@ -234,11 +277,53 @@ class PatientsService:
             bg_id, patient.id, expires, self._budgets.break_glass_per_day - len(opened) - 1
         )
 
-    def set_decoy(self, caller: Caller, patient_id: str, decoy: bool) -> None:
+    def _refuse(
+        self,
+        tx: Tx,
+        caller: Caller,
+        now: datetime,
+        patient_id: str | None,
+        *,
+        reason: str,
+        outcome: str = "denied",
+    ) -> None:
+        """A refused break-glass is a denial like any other: audited, counted towards
+        suspension, kept (committed) although the request fails."""
+        self._audit.record(
+            tx,
+            action="break-glass",
+            outcome=outcome,
+            caller=caller,
+            patient_id=patient_id,
+            reason=reason,
+        )
+        self._gate.count_denial(
+            tx, caller, now, scope="break-glass", cause="repeated-break-glass-denials"
+        )
+        tx.commit()
+
+    # -- decoys ----------------------------------------------------------------------------
+
+    def set_decoy(self, caller: Caller, patient_id: str, decoy: bool) -> Pending | None:
+        """Arming a decoy is immediate; disarming it waits for a second admin."""
         p = caller.principal
         if p.role is not Role.ADMIN:
             raise Forbidden("Only admins mark decoy patients")
         with self._store.transaction() as tx:
-            self._audit.attribute(tx, caller)  # the database records the change
-            if not tx.set_decoy(p.tenant_id, patient_id, decoy):
+            now = self._clock.now()
+            self._limiter.charge(tx, caller, self._limiter.admin, now, action="patient.decoy")
+            patient = tx.patient(p.tenant_id, patient_id)
+            if patient is None:
                 raise NotFound()
+            if not decoy and patient.is_decoy:
+                return self._approvals.request(
+                    tx, caller, "decoy-clear", now, target_patient_id=patient.id
+                )
+            self._audit.attribute(tx, caller)  # the database records the change
+            tx.set_decoy(p.tenant_id, patient_id, decoy)
+            return None
+
+    def _approved_decoy_clear(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+        assert approval.target_patient_id is not None
+        tx.set_decoy(approval.tenant_id, approval.target_patient_id, False)
+        return {"patient_id": approval.target_patient_id, "decoy": False}

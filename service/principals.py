@@ -5,14 +5,20 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from service.audit import AuditLog, Caller
 from service.auth import hash_token, new_token
 from service.clock import Clock
+from service.config import Budgets
 from service.errors import Conflict, Forbidden, NotFound
-from service.models import Principal, Role, Tenant
-from service.store import Store, Tx
+from service.models import Approval, Principal, Role, Tenant
+from service.store import DAY, Store, Tx
+
+if TYPE_CHECKING:
+    from service.approvals import ApprovalsService, Pending
+    from service.limits import ActionLimiter
 from service.vault import VaultKeyService
 
 
@@ -41,6 +47,9 @@ class PrincipalsService:
         token_ttl_days: int,
         tenant_cap: int = 1000,
         unwrap_headroom: float = 5.0,
+        budgets: Budgets | None = None,
+        limiter: ActionLimiter | None = None,
+        approvals: ApprovalsService | None = None,
     ) -> None:
         self._store = store
         self._keys = keys
@@ -49,6 +58,12 @@ class PrincipalsService:
         self._token_ttl = timedelta(days=token_ttl_days)
         self._tenant_cap = tenant_cap
         self._unwrap_headroom = unwrap_headroom
+        self._budgets = budgets or Budgets()
+        self._limiter = limiter
+        self._approvals = approvals
+        if approvals is not None:
+            approvals.register("budget-raise", self._approved_budget)
+            approvals.register("unlock", self._approved_unlock)
 
     def unwrap_quota_rate(self, tenant: Tenant) -> int:
         """Vault's hourly unwrap budget for a tenant: its release cap times the
@@ -143,30 +158,58 @@ class PrincipalsService:
             self._audit.attribute(tx, None)
             return tx.revoke_tokens(principal_id, self._clock.now())
 
-    def unlock(self, principal_id: str, caller: Caller | None = None) -> Principal:
+    def unlock(self, principal_id: str, caller: Caller | None = None) -> Principal | Pending:
+        """Lift a suspension. An admin's unlock of an account suspended by a decoy, or
+        unlocked already within the last day, waits for a second admin. Operators at the
+        command line (no caller) unlock at once, and are recorded as such."""
         with self._store.transaction() as tx:
+            now = self._clock.now()
             target = tx.principal(principal_id)
             if caller is not None:
-                if caller.principal.role is not Role.ADMIN:
-                    raise Forbidden("Only admins unlock accounts")
+                self._admin_action(tx, caller, now, "principal.unlock")
                 if target is None or target.tenant_id != caller.principal.tenant_id:
                     raise NotFound()
             if target is None:
                 raise NotFound("No such principal")
-            self._audit.attribute(tx, caller)
-            if not tx.unlock_principal(principal_id, self._clock.now()):
-                # Nothing changed, so no trigger fired: record the attempt itself.
-                self._audit.record(
-                    tx,
-                    action="principal.unlock",
-                    outcome="noop",
-                    caller=caller,
-                    tenant_id=target.tenant_id,
-                    reason=f"target={principal_id} not suspended",
+            if (
+                caller is not None
+                and target.suspended
+                and self._unlock_needs_second_admin(target, now)
+            ):
+                assert self._approvals is not None
+                return self._approvals.request(
+                    tx, caller, "unlock", now, target_principal_id=target.id
                 )
+            self._audit.attribute(tx, caller)
+            self._unlock(tx, caller, target, now)
             after = tx.principal(principal_id)
         assert after is not None
         return after
+
+    @staticmethod
+    def _unlock_needs_second_admin(target: Principal, now: datetime) -> bool:
+        by_decoy = (target.suspended_reason or "") == "decoy-patient"
+        again = target.last_unlocked_at is not None and now - target.last_unlocked_at < DAY
+        return by_decoy or again
+
+    def _unlock(self, tx: Tx, caller: Caller | None, target: Principal, now: datetime) -> None:
+        if not tx.unlock_principal(target.id, now):
+            # Nothing changed, so no trigger fired: record the attempt itself.
+            self._audit.record(
+                tx,
+                action="principal.unlock",
+                outcome="noop",
+                caller=caller,
+                tenant_id=target.tenant_id,
+                reason=f"target={target.id} not suspended",
+            )
+
+    def _approved_unlock(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+        assert approval.target_principal_id is not None
+        target = tx.principal(approval.target_principal_id)
+        assert target is not None
+        self._unlock(tx, approver, target, self._clock.now())
+        return {"principal_id": target.id, "suspended": False}
 
     def suspend(self, principal_id: str, reason: str) -> None:
         with self._store.transaction() as tx:
@@ -177,15 +220,46 @@ class PrincipalsService:
 
     def set_budget(
         self, caller: Caller, principal_id: str, per_hour: int | None, per_day: int | None
-    ) -> Principal:
-        if caller.principal.role is not Role.ADMIN:
-            raise Forbidden("Only admins set budgets")
+    ) -> Principal | Pending:
+        """Set a principal's budget. Lowering it, or going back to the defaults, is
+        immediate; raising it above the defaults waits for a second admin."""
         with self._store.transaction() as tx:
+            now = self._clock.now()
+            self._admin_action(tx, caller, now, "principal.budget")
             target = tx.principal_in_tenant(caller.principal.tenant_id, principal_id)
             if target is None:
                 raise NotFound()
+            raises = (per_hour or 0) > self._budgets.per_hour or (
+                per_day or 0
+            ) > self._budgets.per_day
+            if raises:
+                assert self._approvals is not None
+                return self._approvals.request(
+                    tx,
+                    caller,
+                    "budget-raise",
+                    now,
+                    target_principal_id=target.id,
+                    params={"per_hour": per_hour, "per_day": per_day},
+                )
             self._audit.attribute(tx, caller)
             tx.set_principal_budget(principal_id, per_hour, per_day)
             after = tx.principal(principal_id)
         assert after is not None
         return after
+
+    def _approved_budget(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+        assert approval.target_principal_id is not None
+        per_hour, per_day = approval.params.get("per_hour"), approval.params.get("per_day")
+        tx.set_principal_budget(approval.target_principal_id, per_hour, per_day)
+        return {
+            "principal_id": approval.target_principal_id,
+            "release_per_hour": per_hour,
+            "release_per_day": per_day,
+        }
+
+    def _admin_action(self, tx: Tx, caller: Caller, now: datetime, action: str) -> None:
+        if caller.principal.role is not Role.ADMIN:
+            raise Forbidden("Only admins manage principals")
+        if self._limiter is not None:
+            self._limiter.charge(tx, caller, self._limiter.admin, now, action=action)

@@ -24,6 +24,7 @@ import psycopg.errors
 import psycopg_pool
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from service import auditchain, deadline
 from service.errors import (
@@ -34,6 +35,7 @@ from service.errors import (
     TenantCapReached,
 )
 from service.models import (
+    Approval,
     AuditEvent,
     BudgetUsage,
     GateSnapshot,
@@ -52,18 +54,25 @@ log = logging.getLogger(__name__)
 # sliding-day distinct-patient counts, whether %(pt)s is already released, and
 # when the oldest releases leave the windows. Shared by the gate snapshot and
 # the re-count under lock, so both always count the same way.
+# Only care-team releases count against the principal's own budget (break-glass has
+# its own); every release counts against the tenant's cap and makes re-reads free.
+# Rows dated past the horizon (a few minutes ahead, for clock skew between workers)
+# are ignored: a forged far-future row cannot make a patient free for ever.
 PRINCIPAL_USAGE_SQL = """
   SELECT
-    count(DISTINCT patient_id) FILTER (WHERE released_at > %(hour_ago)s) AS hour,
-    count(DISTINCT patient_id) AS day,
+    count(DISTINCT patient_id) FILTER (WHERE released_at > %(hour_ago)s AND via = 'care-team')
+      AS hour,
+    count(DISTINCT patient_id) FILTER (WHERE via = 'care-team') AS day,
     coalesce(bool_or(patient_id = %(pt)s AND released_at > %(hour_ago)s), false)
       AS patient_in_hour,
-    coalesce(bool_or(patient_id = %(pt)s), false) AS patient_in_day,
-    min(released_at) FILTER (WHERE released_at > %(hour_ago)s) AS hour_oldest,
-    min(released_at) AS day_oldest
+    coalesce(bool_or(patient_id = %(pt)s AND via = 'care-team'), false) AS patient_in_day,
+    min(released_at) FILTER (WHERE released_at > %(hour_ago)s AND via = 'care-team')
+      AS hour_oldest,
+    min(released_at) FILTER (WHERE via = 'care-team') AS day_oldest
   FROM key_releases
-  WHERE principal_id = %(p)s AND released_at > %(day_ago)s
+  WHERE principal_id = %(p)s AND released_at > %(day_ago)s AND released_at <= %(horizon)s
 """
+CLOCK_SKEW = timedelta(minutes=5)
 _NO_USAGE = BudgetUsage(0, 0, 0, False, False, None, None, None)
 IDLE_CHECK_SECONDS = 2.0
 AUDIT_LOCK_CLASS = 0x5EA1  # advisory-lock namespace of the audit shards
@@ -87,6 +96,25 @@ def _principal(row: dict[str, Any]) -> Principal:
         suspended_at=row["suspended_at"],
         release_per_hour=row["release_per_hour"],
         release_per_day=row["release_per_day"],
+        suspended_reason=row["suspended_reason"],
+        last_unlocked_at=row["denials_since"],
+    )
+
+
+def _approval(row: dict[str, Any]) -> Approval:
+    return Approval(
+        id=str(row["id"]),
+        tenant_id=str(row["tenant_id"]),
+        kind=row["kind"],
+        target_principal_id=str(row["target_principal_id"]) if row["target_principal_id"] else None,
+        target_patient_id=str(row["target_patient_id"]) if row["target_patient_id"] else None,
+        params=dict(row["params"]),
+        requested_by=str(row["requested_by"]),
+        requested_at=row["requested_at"],
+        expires_at=row["expires_at"],
+        status=row["status"],
+        decided_by=str(row["decided_by"]) if row["decided_by"] else None,
+        decided_at=row["decided_at"],
     )
 
 
@@ -126,7 +154,8 @@ def _version(row: dict[str, Any]) -> NoteVersionRow:
 
 
 PRINCIPAL_COLUMNS = (
-    "p.id, p.tenant_id, p.name, p.role, p.suspended_at, p.release_per_hour, p.release_per_day"
+    "p.id, p.tenant_id, p.name, p.role, p.suspended_at, p.release_per_hour, p.release_per_day,"
+    " p.suspended_reason, p.denials_since"
 )
 NOTE_COLUMNS = (
     "id, tenant_id, patient_id, kind, status, current_version, encounter_at, "
@@ -410,6 +439,7 @@ class Tx:
                 "now": now,
                 "hour_ago": now - HOUR,
                 "day_ago": now - DAY,
+                "horizon": now + CLOCK_SKEW,
             },
         )
         if row is None:
@@ -466,6 +496,7 @@ class Tx:
             + """) u, (
               SELECT count(*) AS tenant_hour, min(released_at) AS tenant_oldest
               FROM key_releases WHERE tenant_id = %(t)s AND released_at > %(hour_ago)s
+                AND released_at <= %(horizon)s
             ) t
             """,
             {
@@ -474,6 +505,7 @@ class Tx:
                 "pt": patient_id,
                 "hour_ago": now - HOUR,
                 "day_ago": now - DAY,
+                "horizon": now + CLOCK_SKEW,
             },
         )
         assert row is not None
@@ -490,15 +522,21 @@ class Tx:
         )
 
     def record_release(
-        self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
+        self,
+        principal_id: str,
+        tenant_id: str,
+        patient_id: str,
+        now: datetime,
+        *,
+        via: str = "care-team",
     ) -> None:
         """Book a release. The database itself refuses it past the tenant's hourly
         cap (TenantCapReached: the transaction is then aborted)."""
         try:
             self.conn.execute(
-                "INSERT INTO key_releases (principal_id, tenant_id, patient_id, released_at) "
-                "VALUES (%s, %s, %s, %s)",
-                (principal_id, tenant_id, patient_id, now),
+                "INSERT INTO key_releases (principal_id, tenant_id, patient_id, released_at, via)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (principal_id, tenant_id, patient_id, now, via),
             )
         except psycopg.Error as e:
             if e.sqlstate == "SN429":
@@ -605,17 +643,144 @@ class Tx:
             (wrapped_key, key_version, now, patient_id),
         )
 
-    def shred_patient(self, tenant_id: str, patient_id: str, now: datetime) -> bool:
-        """Destroy the wrapped data key and mark the patient shredded."""
+    def shred_patient(self, tenant_id: str, patient_id: str, now: datetime, due: datetime) -> bool:
+        """Mark the patient shredded (410 at once); its wrapped key is destroyed at
+        `due` by maintenance (`destroy_due_keys`)."""
         cur = self.conn.execute(
-            "UPDATE patients SET shredded_at = %s WHERE tenant_id = %s AND id = %s "
-            "AND shredded_at IS NULL",
-            (now, tenant_id, patient_id),
+            "UPDATE patients SET shredded_at = %s, shred_due_at = %s WHERE tenant_id = %s"
+            " AND id = %s AND shredded_at IS NULL",
+            (now, due, tenant_id, patient_id),
         )
-        if cur.rowcount != 1:
+        return cur.rowcount == 1
+
+    def cancel_shred(self, tenant_id: str, patient_id: str) -> bool:
+        """Undo a shred whose key still exists; False if there is nothing to cancel."""
+        try:
+            cur = self.conn.execute(
+                "UPDATE patients SET shredded_at = NULL, shred_due_at = NULL WHERE tenant_id = %s"
+                " AND id = %s AND shredded_at IS NOT NULL AND key_destroyed_at IS NULL",
+                (tenant_id, patient_id),
+            )
+        except psycopg.errors.CheckViolation:
             return False
-        self.conn.execute("DELETE FROM patient_keys WHERE patient_id = %s", (patient_id,))
-        return True
+        return cur.rowcount == 1
+
+    def destroy_due_keys(self) -> int:
+        """Maintenance: destroy the wrapped keys of patients whose shred is due."""
+        try:
+            row = self._one("SELECT sealednotes_destroy_due_keys() AS n")
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise Forbidden(
+                "This database role may not destroy keys: use the maintenance role"
+            ) from e
+        assert row is not None
+        return int(row["n"])
+
+    # -- limits and approvals --------------------------------------------------------------
+
+    def charge_action(
+        self,
+        principal_id: str,
+        kind: str,
+        now: datetime,
+        *,
+        limit: int,
+        patient_id: str | None = None,
+    ) -> tuple[bool, datetime | None]:
+        """Count one limited action in the principal's last hour: (allowed, oldest).
+        With a patient, only distinct patients count and a repeat is free."""
+        row = self._one(
+            "WITH w AS (SELECT patient_id, at FROM principal_actions WHERE principal_id = %(p)s"
+            " AND kind = %(k)s AND at > %(since)s AND at <= %(horizon)s),"
+            " s AS (SELECT CASE WHEN %(pt)s::uuid IS NULL THEN (SELECT count(*) FROM w)"
+            "   ELSE (SELECT count(DISTINCT patient_id) FROM w) END AS used,"
+            "   coalesce((SELECT bool_or(patient_id = %(pt)s) FROM w), false) AS repeat,"
+            "   (SELECT min(at) FROM w) AS oldest),"
+            " ins AS (INSERT INTO principal_actions (principal_id, kind, patient_id, at)"
+            "   SELECT %(p)s, %(k)s, %(pt)s, %(now)s FROM s WHERE s.repeat OR s.used < %(limit)s"
+            "   RETURNING 1)"
+            " SELECT s.used, s.repeat, s.oldest, (SELECT count(*) FROM ins) AS charged FROM s",
+            {
+                "p": principal_id,
+                "k": kind,
+                "pt": patient_id,
+                "now": now,
+                "since": now - HOUR,
+                "horizon": now + CLOCK_SKEW,
+                "limit": limit,
+            },
+        )
+        assert row is not None
+        return bool(row["charged"]), row["oldest"]
+
+    def record_action(self, principal_id: str, kind: str, now: datetime) -> None:
+        self.conn.execute(
+            "INSERT INTO principal_actions (principal_id, kind, at) VALUES (%s, %s, %s)",
+            (principal_id, kind, now),
+        )
+
+    def count_actions(self, principal_id: str, kind: str, since: datetime) -> int:
+        row = self._one(
+            "SELECT count(*) AS n FROM principal_actions WHERE principal_id = %s AND kind = %s"
+            " AND at > %s",
+            (principal_id, kind, since),
+        )
+        assert row is not None
+        return int(row["n"])
+
+    def top_releasers(
+        self, tenant_id: str, since: datetime, limit: int = 5
+    ) -> list[tuple[str, int]]:
+        rows = self._all(
+            "SELECT principal_id, count(*) AS n FROM key_releases WHERE tenant_id = %s"
+            " AND recorded_at > %s GROUP BY principal_id ORDER BY n DESC LIMIT %s",
+            (tenant_id, since, limit),
+        )
+        return [(str(r["principal_id"]), int(r["n"])) for r in rows]
+
+    def insert_approval(self, approval: Approval) -> None:
+        self.conn.execute(
+            "INSERT INTO approvals (id, tenant_id, kind, target_principal_id, target_patient_id,"
+            " params, requested_by, requested_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                approval.id,
+                approval.tenant_id,
+                approval.kind,
+                approval.target_principal_id,
+                approval.target_patient_id,
+                Jsonb(approval.params),
+                approval.requested_by,
+                approval.requested_at,
+                approval.expires_at,
+            ),
+        )
+
+    def approval(
+        self, tenant_id: str, approval_id: str, *, for_update: bool = False
+    ) -> Approval | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = self._one(
+            f"SELECT * FROM approvals WHERE tenant_id = %s AND id = %s{lock}",
+            (tenant_id, approval_id),
+        )
+        return _approval(row) if row else None
+
+    def approvals(self, tenant_id: str, status: str | None, limit: int = 200) -> list[Approval]:
+        rows = self._all(
+            "SELECT * FROM approvals WHERE tenant_id = %s AND (%s::text IS NULL OR status = %s)"
+            " ORDER BY requested_at DESC LIMIT %s",
+            (tenant_id, status, status, limit),
+        )
+        return [_approval(r) for r in rows]
+
+    def decide_approval(
+        self, approval_id: str, status: str, decided_by: str, now: datetime
+    ) -> None:
+        self.conn.execute(
+            "UPDATE approvals SET status = %s, decided_by = %s, decided_at = %s WHERE id = %s",
+            (status, decided_by, now, approval_id),
+        )
 
     def patient_versions_for_update(self, patient_id: str) -> list[tuple[NoteRow, NoteVersionRow]]:
         rows = self._all(
@@ -906,6 +1071,12 @@ class Tx:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         where = ["tenant_id = %(tenant)s"]
+        if patient_id is not None:
+            # Asking for a patient's records must not tell whether it is a decoy.
+            where.append(
+                "NOT (action = 'patient.decoy'"
+                " OR (action LIKE 'approval.%%' AND reason LIKE 'decoy-clear %%'))"
+            )
         params: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
         for column, value in (
             ("patient_id", patient_id),
@@ -1140,8 +1311,9 @@ APP_GRANTS: dict[str, tuple[str, ...]] = {
         "UPDATE (suspended_at, suspended_reason, release_per_hour, release_per_day, denials_since)",
     ),
     "tokens": ("SELECT", "INSERT", "UPDATE (revoked_at)"),
-    "patients": ("SELECT", "INSERT", "UPDATE (is_decoy, shredded_at)"),
-    "patient_keys": ("SELECT", "INSERT", "UPDATE (wrapped_key, key_version, updated_at)", "DELETE"),
+    "patients": ("SELECT", "INSERT", "UPDATE (is_decoy, shredded_at, shred_due_at)"),
+    # No DELETE: only maintenance destroys a shredded patient's key, after the grace period.
+    "patient_keys": ("SELECT", "INSERT", "UPDATE (wrapped_key, key_version, updated_at)"),
     "notes": (
         "SELECT",
         "INSERT",
@@ -1150,6 +1322,8 @@ APP_GRANTS: dict[str, tuple[str, ...]] = {
     "note_versions": ("SELECT", "INSERT", "UPDATE (sealed)"),
     "care_team": ("SELECT", "INSERT", "UPDATE (until)", "DELETE"),
     "break_glass": ("SELECT", "INSERT"),
+    "approvals": ("SELECT", "INSERT", "UPDATE (status, decided_by, decided_at)"),
+    "principal_actions": ("SELECT", "INSERT"),
     "key_releases": ("SELECT", "INSERT"),
     "release_denials": ("SELECT", "INSERT"),
     "idempotency_keys": ("SELECT", "INSERT", "DELETE"),
@@ -1172,7 +1346,7 @@ APP_GRANTS: dict[str, tuple[str, ...]] = {
 APP_FUNCTIONS = (
     "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)",
 )
-MAINTENANCE_FUNCTIONS = ("sealednotes_prune(interval)",)
+MAINTENANCE_FUNCTIONS = ("sealednotes_prune(interval)", "sealednotes_destroy_due_keys()")
 
 
 def _ensure_login_role(conn: psycopg.Connection[Any], role: str) -> sql.Identifier:

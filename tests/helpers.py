@@ -121,30 +121,78 @@ class StackHelper:
 def seed_patients(
     stack: StackHelper, tenant: Tenant, clinicians: list[Who], n: int, *, with_notes: bool = True
 ) -> list[str]:
-    """n patients on the care team of every clinician given, each with one note.
+    """n patients on the care team of every clinician given, each with one note
+    (title "title {i}", body "body of patient {i}", by the first clinician).
 
-    Goes through the services (not HTTP) to keep setup fast; the keys still come
-    from the real Vault.
+    Seeded in bulk, as the service's own database role (COPY; the care-team audit
+    triggers fire as for any insert), with real data keys wrapped by the app's Vault
+    exactly as Transit `datakey` wraps them: setup takes a moment for a thousand
+    patients, and no use case's limits or budgets are spent on it.
     """
-    from service.audit import Caller
-    from service.auth import authenticate
-    from service.notes import NoteContent
+    import base64
+    import json as jsonlib
+    import os
+    import uuid
+    from datetime import UTC, datetime
+
+    from crypto import key_context, note_aad, seal
+    from service.vault import dek_key_name, parse_key_version
 
     svc = stack.services
-    integration = Caller(authenticate(svc.store, svc.clock, "Bearer " + tenant.integration.token))
-    author = Caller(authenticate(svc.store, svc.clock, "Bearer " + clinicians[0].token))
-    ids = []
-    for i in range(n):
-        p = svc.patients.create(integration, f"SEED-{secrets.token_hex(6)}-{i}")
-        for c in clinicians:
-            svc.patients.set_care_team(integration, p.id, c.id, None)
+    now = datetime.now(UTC)
+    patients = [str(uuid.uuid4()) for _ in range(n)]
+    wrapped: list[str] = []
+    keys = [os.urandom(32) for _ in range(n)] if with_notes else []
+    vault = svc.keys.client()
+    for i in range(0, len(keys), 240):
+        resp = vault.secrets.transit.encrypt_data(
+            name=dek_key_name(tenant.id),
+            plaintext="",
+            batch_input=[
+                {
+                    "plaintext": base64.b64encode(k).decode(),
+                    "context": base64.b64encode(
+                        key_context(tenant_id=tenant.id, patient_id=p)
+                    ).decode(),
+                }
+                for p, k in zip(patients[i : i + 240], keys[i : i + 240], strict=True)
+            ],
+            mount_point=svc.keys.mount,
+        )
+        wrapped += [r["ciphertext"] for r in resp["data"]["batch_results"]]
+    with svc.store.transaction() as tx, tx.conn.cursor() as cur:
+        # Test setup, done as an operator would (the care-team audit records say so).
+        tx.set_actor(principal_id=None, role="operator", request_id="seed", client_addr=None)
+        with cur.copy(
+            "COPY patients (id, tenant_id, external_id_index, created_at) FROM STDIN"
+        ) as copy:
+            for p in patients:
+                copy.write_row((p, tenant.id, "seed:" + secrets.token_hex(16), now))
+        with cur.copy("COPY care_team (patient_id, principal_id, added_at) FROM STDIN") as copy:
+            for p in patients:
+                for c in clinicians:
+                    copy.write_row((p, c.id, now))
         if with_notes:
-            svc.notes.create(
-                author,
-                p.id,
-                kind="progress",
-                content=NoteContent(title=f"title {i}", body=f"body of patient {i}"),
-                encounter_at=None,
-            )
-        ids.append(p.id)
-    return ids
+            notes = [str(uuid.uuid4()) for _ in range(n)]
+            with cur.copy(
+                "COPY patient_keys (patient_id, tenant_id, wrapped_key, key_version, created_at,"
+                " updated_at) FROM STDIN"
+            ) as copy:
+                for p, w in zip(patients, wrapped, strict=True):
+                    copy.write_row((p, tenant.id, w, parse_key_version(w), now, now))
+            with cur.copy(
+                "COPY notes (id, tenant_id, patient_id, kind, current_version, created_by,"
+                " created_at, updated_at) FROM STDIN"
+            ) as copy:
+                for note, p in zip(notes, patients, strict=True):
+                    copy.write_row((note, tenant.id, p, "progress", 1, clinicians[0].id, now, now))
+            with cur.copy(
+                "COPY note_versions (note_id, version, sealed, author_id, created_at) FROM STDIN"
+            ) as copy:
+                for i, (note, p, k) in enumerate(zip(notes, patients, keys, strict=True)):
+                    aad = note_aad(tenant_id=tenant.id, patient_id=p, note_id=note, version=1)
+                    body = jsonlib.dumps(
+                        {"t": f"title {i}", "b": f"body of patient {i}"}, ensure_ascii=False
+                    ).encode()
+                    copy.write_row((note, 1, seal(k, body, aad=aad), clinicians[0].id, now))
+    return patients

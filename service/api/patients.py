@@ -5,6 +5,8 @@ from uuid import UUID
 from flask import Blueprint, Response, jsonify, request
 
 from service.api import caller, iso, json_body, services
+from service.api.admin import pending_response
+from service.approvals import Pending
 from service.errors import ValidationFailed
 from service.models import Patient
 from service.patients import normalize_external_id
@@ -55,12 +57,16 @@ def find_patient() -> Response:
 
 
 @bp.put("/v1/patients/<uuid:patient_id>/care-team/<uuid:principal_id>")
-def put_care_team(patient_id: UUID, principal_id: UUID) -> tuple[Response, int]:
+def put_care_team(
+    patient_id: UUID, principal_id: UUID
+) -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
     c = caller()
     data = load(CareTeamPut(), json_body()) if request.content_length else {"until": None}
     created = services().patients.set_care_team(
         c, str(patient_id), str(principal_id), data["until"]
     )
+    if isinstance(created, Pending):  # an admin past its hourly grants: a second admin
+        return pending_response(created)
     body = {
         "patient_id": str(patient_id),
         "principal_id": str(principal_id),

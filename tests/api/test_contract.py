@@ -346,7 +346,12 @@ class World:
 
     @property
     def params(self) -> dict[str, str]:
-        return {"patient_id": self.patient_id, "note_id": self.note_id, "principal_id": self.dr.id}
+        return {
+            "patient_id": self.patient_id,
+            "note_id": self.note_id,
+            "principal_id": self.dr.id,
+            "approval_id": str(uuid.uuid4()),
+        }
 
 
 def build_world(stack: StackHelper) -> World:
@@ -423,10 +428,33 @@ ROLE_FOR: dict[str, str] = {
     "setPrincipalBudget": "admin",
     "setPatientDecoy": "admin",
     "shredPatient": "admin",
+    "cancelShred": "admin",
+    "listApprovals": "admin",
+    "approveRequest": "admin",
+    "rejectRequest": "admin",
     "listAuditEvents": "auditor",
     "verifyAuditLog": "auditor",
 }
 CONTENT_OPERATIONS = {"readNote", "listNotes", "listNoteVersions"}
+# Every role has hourly limits (service/limits.py): these answer 429 past them.
+LIMITED_OPERATIONS = {
+    "breakGlass",
+    "createPatient",
+    "findPatient",
+    "getPatient",
+    "putCareTeamMember",
+    "deleteCareTeamMember",
+    "createNote",
+    "amendNote",
+    "markNoteEnteredInError",
+    "unlockPrincipal",
+    "setPrincipalBudget",
+    "setPatientDecoy",
+    "shredPatient",
+    "cancelShred",
+    "approveRequest",
+    "rejectRequest",
+}
 
 
 def v1_operations(spec: Mapping[str, Any]) -> list[Operation]:
@@ -524,7 +552,7 @@ def test_error_responses_are_declared_uniformly(spec: dict[str, Any]) -> None:
                     f"{op.id} {status}: errors reuse the shared problem responses"
                 )
     limited = {o.id for o in v1_operations(spec) if "429" in o.spec["responses"]}
-    assert limited == CONTENT_OPERATIONS | {"breakGlass"}
+    assert limited == CONTENT_OPERATIONS | LIMITED_OPERATIONS
     for name, response in spec["components"]["responses"].items():
         if name.startswith("Fhir"):
             continue  # OperationOutcome, not problem+json (test_contract_fhir.py)
@@ -681,8 +709,21 @@ def test_every_operation_succeeds_as_documented(
         expect=201,
     )
     assert r.headers["Location"].endswith(patient["id"])
+    c.call("POST", "/v1/patients", w.dr.token, json={"external_id": "MRN-by-dr"}, expect=403)
     _r, mine = c.call(
-        "POST", "/v1/patients", w.dr.token, json={"external_id": "MRN-by-dr"}, expect=201
+        "POST",
+        "/v1/patients",
+        w.tenant.integration.token,
+        json={"external_id": "MRN-by-dr"},
+        expect=201,
+    )
+    c.call(
+        "PUT",
+        "/v1/patients/{patient_id}/care-team/{principal_id}",
+        w.tenant.integration.token,
+        params={"patient_id": mine["id"], "principal_id": w.dr.id},
+        json={},
+        expect=201,
     )
     _r, found = c.call(
         "GET",
@@ -695,7 +736,7 @@ def test_every_operation_succeeds_as_documented(
     _r, found = c.call(
         "GET", "/v1/patients", w.dr.token, query={"external_id": "MRN-by-dr"}, expect=200
     )
-    assert found["id"] == mine["id"]  # the registering clinician is on the care team
+    assert found["id"] == mine["id"]  # the clinician is on the care team
     _r, got = c.call(
         "GET",
         "/v1/patients/{patient_id}",
@@ -792,7 +833,8 @@ def test_every_operation_succeeds_as_documented(
     assert glass["patient_id"] == w.patient_id and glass["remaining_today"] == 2
     c.call("GET", "/v1/notes/{note_id}", w.other_dr.token, params=p, expect=200)
 
-    # admin
+    # admin: lowering a budget is immediate; raising it waits for a second admin
+    admin2 = stack.principal(w.tenant, Role.ADMIN)
     principal = {"principal_id": w.dr.id}
     _r, target = c.call(
         "PUT",
@@ -805,6 +847,54 @@ def test_every_operation_succeeds_as_documented(
     assert (target["release_per_hour"], target["release_per_day"]) == (10, None)
     _r, me = c.call("GET", "/v1/me", w.dr.token, expect=200)
     assert me["budget"]["hour"]["limit"] == 10
+    r, pending = c.call(
+        "PUT",
+        "/v1/admin/principals/{principal_id}/budget",
+        w.tenant.admin.token,
+        params=principal,
+        json={"per_hour": 90},
+        expect=202,
+    )
+    approval = {"approval_id": pending["approval"]["id"]}
+    assert r.headers["Location"].endswith(approval["approval_id"])
+    _r, listed = c.call(
+        "GET", "/v1/admin/approvals", admin2.token, query={"status": "pending"}, expect=200
+    )
+    assert [a["id"] for a in listed["items"]] == [approval["approval_id"]]
+    c.call(  # not by the requester itself
+        "POST",
+        "/v1/admin/approvals/{approval_id}/approve",
+        w.tenant.admin.token,
+        params=approval,
+        expect=403,
+    )
+    _r, decided = c.call(
+        "POST",
+        "/v1/admin/approvals/{approval_id}/approve",
+        admin2.token,
+        params=approval,
+        expect=200,
+    )
+    assert decided["approval"]["status"] == "approved"
+    assert decided["result"]["release_per_hour"] == 90
+    _r, me = c.call("GET", "/v1/me", w.dr.token, expect=200)
+    assert me["budget"]["hour"]["limit"] == 90
+    _r, pending = c.call(
+        "PUT",
+        "/v1/admin/principals/{principal_id}/budget",
+        w.tenant.admin.token,
+        params=principal,
+        json={"per_day": 900},
+        expect=202,
+    )
+    _r, rejected = c.call(
+        "POST",
+        "/v1/admin/approvals/{approval_id}/reject",
+        admin2.token,
+        params={"approval_id": pending["approval"]["id"]},
+        expect=200,
+    )
+    assert rejected["approval"]["status"] == "rejected" and rejected["result"] == {}
     _r, unlocked = c.call(
         "POST",
         "/v1/admin/principals/{principal_id}/unlock",
@@ -814,11 +904,14 @@ def test_every_operation_succeeds_as_documented(
     )
     assert unlocked["suspended"] is False
     decoy = "/v1/admin/patients/{patient_id}/decoy"
-    c.call("PUT", decoy, w.tenant.admin.token, params=team, json={"decoy": True}, expect=200)
     _r, flag = c.call(
-        "PUT", decoy, w.tenant.admin.token, params=team, json={"decoy": False}, expect=200
+        "PUT", decoy, w.tenant.admin.token, params=team, json={"decoy": True}, expect=200
     )
-    assert flag == {"patient_id": patient["id"], "decoy": False}
+    assert flag == {"patient_id": patient["id"], "decoy": True}
+    _r, pending = c.call(  # disarming waits for a second admin
+        "PUT", decoy, w.tenant.admin.token, params=team, json={"decoy": False}, expect=202
+    )
+    assert pending["approval"]["kind"] == "decoy-clear"
 
     # care team removal last: the clinician loses access
     c.call("DELETE", ct, w.tenant.integration.token, params=team, expect=204)
@@ -856,16 +949,27 @@ def test_every_operation_succeeds_as_documented(
     _r, report = c.call("GET", "/v1/audit/verify", w.auditor.token, expect=200)
     assert report["ok"] is True and report["checked"] >= len(log["items"])
 
-    # crypto-shredding, last: the patient's notes are gone for good
-    _r, shredded = c.call(
+    # crypto-shredding, last: two admins; cancellable (by two admins) until the key goes
+    _r, pending = c.call(
         "POST",
         "/v1/admin/patients/{patient_id}/shred",
         w.tenant.admin.token,
         params=team,
         json={"reason": "erasure request 7"},
+        expect=202,
+    )
+    _r, decided = c.call(
+        "POST",
+        "/v1/admin/approvals/{approval_id}/approve",
+        admin2.token,
+        params={"approval_id": pending["approval"]["id"]},
         expect=200,
     )
-    assert shredded["patient_id"] == patient["id"]
+    assert decided["result"]["patient_id"] == patient["id"]
+    _r, pending = c.call(
+        "DELETE", "/v1/admin/patients/{patient_id}/shred", admin2.token, params=team, expect=202
+    )
+    assert pending["approval"]["kind"] == "shred-cancel"
 
     ok = {(m, path) for m, path, status in c.contract.seen if 200 <= status < 300}
     documented = {
@@ -1050,8 +1154,8 @@ def test_conflicts_get_409(checked: Checked, world: World) -> None:
     checked.problem(
         "POST", "/v1/patients", world.tenant.integration.token, 409, "conflict", json=spaced
     )
-    body = checked.problem("POST", "/v1/patients", world.dr.token, 409, "conflict", json=dup)
-    assert "patient_id" not in body  # a clinician does not learn who else exists
+    # Registration belongs to the EHR: a clinician cannot register (nor probe) identifiers.
+    checked.problem("POST", "/v1/patients", world.dr.token, 403, "forbidden", json=dup)
     not_clinician = {"patient_id": world.patient_id, "principal_id": world.auditor.id}
     checked.problem(
         "PUT",
@@ -1095,16 +1199,33 @@ def test_amend_preconditions_428_412_400(checked: Checked, world: World) -> None
     )
 
 
-def test_shredded_patient_gets_410(checked: Checked, world: World, db_url: str) -> None:
+def second_admin_approves(c: Checked, stack: StackHelper, tenant: Tenant, body: Any) -> Any:
+    """A 202's request, approved by another admin of the tenant."""
+    admin2 = stack.principal(tenant, Role.ADMIN)
+    _r, decided = c.call(
+        "POST",
+        "/v1/admin/approvals/{approval_id}/approve",
+        admin2.token,
+        params={"approval_id": body["approval"]["id"]},
+        expect=200,
+    )
+    assert decided["approval"]["status"] == "approved"
+    return decided["result"]
+
+
+def test_shredded_patient_gets_410(
+    checked: Checked, world: World, stack: StackHelper, db_url: str
+) -> None:
     c, p, tok = checked, world.params, world.dr.token
-    _r, shredded = c.call(
+    _r, pending = c.call(
         "POST",
         "/v1/admin/patients/{patient_id}/shred",
         world.tenant.admin.token,
         params=p,
         json={"reason": "erasure request 42"},
-        expect=200,
+        expect=202,
     )
+    shredded = second_admin_approves(c, stack, world.tenant, pending)
     assert shredded["patient_id"] == world.patient_id
     c.problem(
         "POST",
@@ -1132,7 +1253,9 @@ def test_shredded_patient_gets_410(checked: Checked, world: World, db_url: str) 
     c.problem("DELETE", "/v1/notes/{note_id}", tok, 410, "gone", params=p)
 
 
-def test_decoy_suspends_then_admin_unlocks(checked: Checked, world: World) -> None:
+def test_decoy_suspends_then_two_admins_unlock(
+    checked: Checked, world: World, stack: StackHelper
+) -> None:
     c, p = checked, world.params
     c.call(
         "PUT",
@@ -1145,14 +1268,15 @@ def test_decoy_suspends_then_admin_unlocks(checked: Checked, world: World) -> No
     c.problem("GET", "/v1/notes/{note_id}", world.dr.token, 403, "account-suspended", params=p)
     c.problem("GET", "/v1/me", world.dr.token, 403, "account-suspended")
     c.problem("POST", "/v1/patients", world.dr.token, 403, "account-suspended", json={"x": 1})
-    _r, me = c.call(
+    _r, pending = c.call(  # suspended by a decoy: one admin is not enough
         "POST",
         "/v1/admin/principals/{principal_id}/unlock",
         world.tenant.admin.token,
         params=p,
-        expect=200,
+        expect=202,
     )
-    assert me["suspended"] is False
+    c.problem("GET", "/v1/me", world.dr.token, 403, "account-suspended")
+    assert second_admin_approves(c, stack, world.tenant, pending)["suspended"] is False
     c.call("GET", "/v1/me", world.dr.token, expect=200)
 
 
@@ -1219,14 +1343,15 @@ def test_hourly_budget_429_suspension_and_unlock(make_app: AppFactory, contract:
     )
     assert p["suspended"] is False
     c.call("GET", "/v1/notes/{note_id}", dr.token, params={"note_id": note_a}, expect=200)
-    c.call(
+    _r, pending = c.call(  # above the default (1 here): a second admin
         "PUT",
         "/v1/admin/principals/{principal_id}/budget",
         t.admin.token,
         params={"principal_id": dr.id},
         json={"per_hour": 2},
-        expect=200,
+        expect=202,
     )
+    second_admin_approves(c, stack, t, pending)
     r, _ = c.call("GET", "/v1/notes/{note_id}", dr.token, params={"note_id": note_b}, expect=200)
     assert r.headers["RateLimit-Limit"] == "2"
 

@@ -138,6 +138,11 @@ OPERATION_ROLES: dict[str, Role | str | None] = {
     "setPrincipalBudget": Role.ADMIN,
     "setPatientDecoy": Role.ADMIN,
     "shredPatient": Role.ADMIN,
+    "cancelShred": Role.ADMIN,
+    "listApprovals": Role.ADMIN,
+    # Requests are made by the admin; another admin decides them (the two-person rule).
+    "approveRequest": "second-admin",
+    "rejectRequest": "second-admin",
     "listAuditEvents": Role.AUDITOR,
     "verifyAuditLog": Role.AUDITOR,
     **fhir_fuzz.FHIR_OPERATION_ROLES,  # /fhir/R4 and /oauth2/token
@@ -210,6 +215,8 @@ class FuzzEnv:
     """The care-team patient's note (x5), the shredded patient's note."""
     principals: list[str]
     """The clinician (x3), a second clinician, the admin, the auditor."""
+    approvals: list[str] = field(default_factory=list)
+    """Pending requests of the admin (budget raises), for the second admin to decide."""
     note_version: int = 1
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # EHR operations (fhir_fuzz.py)
@@ -224,6 +231,7 @@ class FuzzEnv:
             "patient_id": self.patients,
             "note_id": self.notes,
             "principal_id": self.principals,
+            "approval_id": self.approvals,
         }
         if case.path_parameters and not is_negative_at(case, ParameterLocation.PATH):
             for name, value in list(case.path_parameters.items()):
@@ -265,7 +273,9 @@ class FuzzEnv:
             patient_id = case.path_parameters["patient_id"]
             principal_id = case.path_parameters["principal_id"]
             r = self.api.put(
-                f"/v1/patients/{patient_id}/care-team/{principal_id}", self.tokens[Role.ADMIN], {}
+                f"/v1/patients/{patient_id}/care-team/{principal_id}",
+                self.tokens[Role.INTEGRATION],
+                {},
             )
             assert r.status_code == 201, r.get_json()
 
@@ -277,11 +287,15 @@ def fuzz_env(make_app: AppFactory) -> Iterator[FuzzEnv]:
     # break-glass limits are covered by tests/security/test_key_release_budget.py.
     app = make_app(
         budgets=Budgets(
-            per_hour=100_000,
+            per_hour=50_000,
             per_day=100_000,
             tenant_per_hour=100_000,
             suspend_after_denials=100_000,
             break_glass_per_day=100_000,
+            writes_per_hour=100_000,
+            admin_actions_per_hour=100_000,
+            care_team_grants_per_hour=100_000,
+            lookups_per_hour=100_000,
         )
     )
     api = Api(app.test_client())
@@ -295,12 +309,26 @@ def fuzz_env(make_app: AppFactory) -> Iterator[FuzzEnv]:
     outsider = stack.patient(tenant)
     shredded = stack.patient_for(tenant, clinician)
     shredded_note = stack.note(clinician, shredded)
+    second_admin = stack.principal(tenant, Role.ADMIN)
     r = api.post(
         f"/v1/admin/patients/{shredded}/shred",
         tenant.admin.token,
         {"reason": "Erasure request ER-2024-0001"},
     )
+    assert r.status_code == 202, r.get_json()
+    r = api.post(
+        f"/v1/admin/approvals/{r.get_json()['approval']['id']}/approve", second_admin.token
+    )
     assert r.status_code == 200, r.get_json()
+    approvals = []
+    for i in range(30):
+        r = api.put(
+            f"/v1/admin/principals/{colleague.id}/budget",
+            tenant.admin.token,
+            {"per_hour": 60_000 + i},  # above this env's default: needs a second admin
+        )
+        assert r.status_code == 202, r.get_json()
+        approvals.append(r.get_json()["approval"]["id"])
     env = FuzzEnv(
         app=app,
         api=api,
@@ -310,10 +338,12 @@ def fuzz_env(make_app: AppFactory) -> Iterator[FuzzEnv]:
             Role.ADMIN: tenant.admin.token,
             Role.AUDITOR: auditor.token,
             "metrics-scraper": METRICS_TOKEN,
+            "second-admin": second_admin.token,
         },
         patients=[patient, patient, patient, patient, outsider, shredded],
         notes=[note["id"]] * 5 + [shredded_note["id"]],
         principals=[clinician.id] * 3 + [colleague.id, tenant.admin.id, auditor.id],
+        approvals=approvals,
     )
     fhir_fuzz.prepare(env, tenant.integration.id)
     CURRENT_APP.app = app
@@ -373,17 +403,21 @@ SECURED = [op for op in spec_operations() if OPERATION_ROLES[operation_id(op)] i
 
 def valid_case(operation: Operation, env: FuzzEnv) -> AnyCase:
     """A request the operation's role would get a 2xx for, so only the token is wrong."""
+    op = operation_id(operation)
     params = {
-        "patient_id": env.patients[0],
+        # a shred is cancelled on a shredded patient; the glass broken off the care team
+        "patient_id": {"cancelShred": env.patients[-1], "breakGlass": env.patients[4]}.get(
+            op, env.patients[0]
+        ),
         "note_id": env.notes[0],
         "principal_id": env.principals[0],
+        "approval_id": env.approvals[0] if env.approvals else str(uuid.uuid4()),
     }
     path: dict[str, Any] = {
         name: params[name]
-        for name in ("patient_id", "note_id", "principal_id")
+        for name in ("patient_id", "note_id", "principal_id", "approval_id")
         if name in operation.path
     }
-    op = operation_id(operation)
     extra = fhir_fuzz.valid_kwargs(op, env)
     path.update(extra.pop("path_parameters_extra", {}))
     bodies: dict[str, Any] = {

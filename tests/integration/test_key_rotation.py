@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import hvac
 import psycopg
@@ -20,6 +21,7 @@ from flask import Flask
 
 from service.cli import main as cli
 from service.devstack import BaoServer
+from service.models import Role
 from service.vault import dek_key_name
 from tests.helpers import Api, StackHelper, seed_patients
 from tests.integration.bulk import bulk_seed, decrypt_everything, key_versions
@@ -155,6 +157,31 @@ def test_rotation_killed_halfway_resumes_without_loss(
     assert decrypt_everything(db_url, root_vault, t.id) == 3_000
 
 
+def approve_as_second_admin(api: Api, stack: StackHelper, t: Any, response: Any) -> Any:
+    assert response.status_code == 202, response.get_json()
+    admin2 = stack.principal(t, Role.ADMIN)
+    approval = response.get_json()["approval"]["id"]
+    r = api.post(f"/v1/admin/approvals/{approval}/approve", admin2.token)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()["result"]
+
+
+def maintenance_run(db_url: str) -> int:
+    from click.testing import CliRunner
+
+    from service.cli import main as cli
+    from service.devstack import url_with_user
+    from tests.conftest import MAINTENANCE_ROLE
+
+    out = CliRunner().invoke(
+        cli,
+        ["maintenance", "run", "--json"],
+        env={"SEALEDNOTES_DATABASE_URL": url_with_user(db_url, MAINTENANCE_ROLE)},
+    )
+    assert out.exit_code == 0, out.output
+    return int(json.loads(out.stdout)["keys_destroyed"])
+
+
 def test_shredded_patient_is_gone_for_good(
     api: Api, stack: StackHelper, app: Flask, db_url: str, root_vault: hvac.Client
 ) -> None:
@@ -173,7 +200,10 @@ def test_shredded_patient_is_gone_for_good(
     r = api.post(
         f"/v1/admin/patients/{shred}/shred", t.admin.token, {"reason": "erasure request #4711"}
     )
-    assert r.status_code == 200 and r.get_json()["shredded_at"]
+    # One admin alone shreds nothing: the patient still reads.
+    assert api.get(f"/v1/notes/{note}", dr.token).status_code == 200
+    result = approve_as_second_admin(api, stack, t, r)
+    assert result["patient_id"] == shred and result["key_destroyed_after"]
     for path in (
         f"/v1/notes/{note}",
         f"/v1/notes/{note}/versions",
@@ -184,6 +214,20 @@ def test_shredded_patient_is_gone_for_good(
         assert r.content_type == "application/problem+json"
     assert api.get(f"/v1/patients/{keep}/notes?include=content", dr.token).status_code == 200
 
+    # The key waits for the grace period; maintenance destroys it only once it is due.
+    assert maintenance_run(db_url) == 0
+    with psycopg.connect(db_url) as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM patient_keys WHERE patient_id = %s", (shred,)
+            ).fetchone()[0]
+            == 1
+        )
+        conn.execute(
+            "UPDATE patients SET shred_due_at = now() - interval '1 second' WHERE id = %s",
+            (shred,),
+        )
+    assert maintenance_run(db_url) == 1
     with psycopg.connect(db_url) as conn:
         assert (
             conn.execute(
@@ -200,9 +244,12 @@ def test_shredded_patient_is_gone_for_good(
             == 1
         )  # the ciphertext is still there, unreadable
         audit = conn.execute(
-            "SELECT action, reason FROM audit_events WHERE action = 'patient.shred'"
+            "SELECT action, reason FROM audit_events WHERE patient_id = %s"
+            " AND action IN ('patient.shred', 'patient.key-destroyed') ORDER BY id",
+            (shred,),
         ).fetchall()
-    assert audit == [("patient.shred", "erasure request #4711")]
+    assert [a for a, _ in audit] == ["patient.shred", "patient.key-destroyed"]
+    assert audit[0][1].startswith("erasure request #4711 approval=")
     # Nothing left in the database can be unwrapped, even with Vault's root token: the
     # only wrapped key was destroyed, and other patients' keys are bound to their own
     # derivation context.
@@ -210,6 +257,27 @@ def test_shredded_patient_is_gone_for_good(
         assert wrapped not in str(conn.execute("SELECT * FROM patient_keys").fetchall())
     r = api.post(f"/v1/admin/patients/{shred}/shred", t.admin.token, {"reason": "once more!"})
     assert r.status_code == 409
+    # Too late to cancel: the key is gone.
+    r = api.delete(f"/v1/admin/patients/{shred}/shred", t.admin.token)
+    admin2 = stack.principal(t, Role.ADMIN)
+    r = api.post(f"/v1/admin/approvals/{r.get_json()['approval']['id']}/approve", admin2.token)
+    assert r.status_code == 409
+
+
+def test_a_shred_is_cancelled_by_two_admins_within_the_grace_period(
+    api: Api, stack: StackHelper
+) -> None:
+    t = stack.tenant()
+    dr = stack.clinician(t)
+    (pid,) = seed_patients(stack, t, [dr], 1)
+    r = api.post(f"/v1/admin/patients/{pid}/shred", t.admin.token, {"reason": "wrong patient!!"})
+    approve_as_second_admin(api, stack, t, r)
+    assert api.get(f"/v1/patients/{pid}/notes?include=content", dr.token).status_code == 410
+    r = api.delete(f"/v1/admin/patients/{pid}/shred", t.admin.token)
+    assert api.get(f"/v1/patients/{pid}/notes?include=content", dr.token).status_code == 410
+    assert approve_as_second_admin(api, stack, t, r) == {"patient_id": pid, "shredded": False}
+    r = api.get(f"/v1/patients/{pid}/notes?include=content", dr.token)
+    assert r.status_code == 200 and r.get_json()["items"][0]["body"] == "body of patient 0"
 
 
 def test_rekey_patient(api: Api, stack: StackHelper, app: Flask, db_url: str) -> None:

@@ -229,7 +229,7 @@ def test_roles_never_see_note_content(api: Api, stack: StackHelper) -> None:
     assert r.status_code == 403  # clinicians do not grant themselves access
 
 
-def test_decoy_read_suspends_at_once_and_admin_unlocks(
+def test_decoy_read_suspends_at_once_and_two_admins_unlock(
     api: Api, stack: StackHelper, app: Flask
 ) -> None:
     t = stack.tenant()
@@ -246,7 +246,13 @@ def test_decoy_read_suspends_at_once_and_admin_unlocks(
 
     assert api.post(f"/v1/admin/principals/{dr.id}/unlock", dr.token).status_code == 403
     r = api.post(f"/v1/admin/principals/{dr.id}/unlock", t.admin.token)
-    assert r.status_code == 200 and r.get_json()["suspended"] is False
+    assert r.status_code == 202  # suspended by a decoy: a second admin must approve
+    assert api.get(f"/v1/patients/{real}/notes?include=content", dr.token).status_code == 403
+    approval = r.get_json()["approval"]["id"]
+    assert api.post(f"/v1/admin/approvals/{approval}/approve", t.admin.token).status_code == 403
+    admin2 = stack.principal(t, Role.ADMIN)
+    r = api.post(f"/v1/admin/approvals/{approval}/approve", admin2.token)
+    assert r.status_code == 200 and r.get_json()["result"]["suspended"] is False
     assert api.get(f"/v1/patients/{real}/notes?include=content", dr.token).status_code == 200
 
 
@@ -291,6 +297,7 @@ def test_break_glass_works_past_the_budget_and_is_limited(
         ).fetchall()
         read = conn.execute(
             "SELECT outcome, reason FROM audit_events WHERE request_id = 'glass-read'"
+            " AND action = 'note.list-content'"
         ).fetchone()
     assert [r[1] for r in rows] == ["granted"] * 3 + ["throttled"]
     assert rows[0][2] == reason  # the clinician's justification is kept for review
@@ -313,24 +320,28 @@ def test_admin_per_principal_budget_override(make_app: AppFactory) -> None:
     assert codes == [200, 200, 429]
 
 
-def test_probing_external_ids_by_registration_suspends(
-    api: Api, stack: StackHelper, app: Flask
+def test_registration_belongs_to_the_ehr_so_squatting_yields_nothing(
+    api: Api, stack: StackHelper, db_url: str
 ) -> None:
+    """A clinician registering unused record numbers (to be on the real patient's care
+    team later) gets 403 for every one, existing or not, and gains nothing."""
     t = stack.tenant()
-    dr = stack.clinician(t)
-    for i in range(5):
-        stack.patient(t, external_id=f"SSN-{i}")
+    dr, treating = stack.clinician(t), stack.clinician(t)
+    stack.patient(t, external_id="SSN-0")
     codes = [
         api.post("/v1/patients", dr.token, {"external_id": f"SSN-{i}"}).status_code
-        for i in range(5)
+        for i in range(30)
     ]
-    assert codes == [409] * 5
-    r = api.get("/v1/me", dr.token)
-    assert r.status_code == 403 and r.get_json()["type"].endswith("/account-suspended")
-    assert any(
-        a.get("cause") == "repeated-duplicate-registrations"
-        for a in app.extensions["sealednotes"].alerts.sent
-    )
+    assert codes == [403] * 30  # the same answer whether the number exists or not
+    real = stack.patient(t, external_id="SSN-7")  # the EHR registers the real patient
+    stack.add_to_care_team(t, real, treating)
+    stack.note(treating, real, body="the treating clinician's note")
+    assert api.get(f"/v1/patients/{real}/notes?include=content", dr.token).status_code == 404
+    assert api.get("/v1/me", dr.token).status_code == 200  # refused, not suspended
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM care_team WHERE principal_id = %s", (dr.id,)
+        ).fetchone() == (0,)
 
 
 def test_writes_under_break_glass_are_audited_as_such(
