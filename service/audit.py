@@ -21,7 +21,14 @@ from service import auditchain
 from service.clock import Clock
 from service.errors import Forbidden
 from service.models import AuditEvent, Principal, Role
-from service.reconcile import ReconcileReport, ServiceUnwrap, read_vault_unwraps, reconcile
+from service.reconcile import (
+    CREATE,
+    UNWRAP,
+    ReconcileReport,
+    ServiceUnwrap,
+    read_vault_unwraps,
+    reconcile,
+)
 from service.store import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ class AuditLog:
         note_id: str | None = None,
         reason: str | None = None,
         principal_id: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         p = caller.principal if caller else None
         tx.insert_audit_event(
@@ -61,7 +69,7 @@ class AuditLog:
                 patient_id=patient_id,
                 note_id=note_id,
                 reason=reason,
-                request_id=caller.request_id if caller else None,
+                request_id=caller.request_id if caller else request_id,
                 client_addr=caller.client_addr if caller else None,
             ),
         )
@@ -248,9 +256,14 @@ class AuditService:
         window_start = since - tolerance if since else None
         with self._store.transaction() as tx:
             records = [
-                ServiceUnwrap(r["at"], str(r["tenant_id"]), str(r["patient_id"]))
+                ServiceUnwrap(
+                    r["at"],
+                    str(r["tenant_id"]),
+                    str(r["patient_id"]),
+                    UNWRAP if r["action"] == "key.unwrap" else CREATE,
+                )
                 for r in tx.iter_unwrap_records(window_start)
-                if r["tenant_id"] is not None and r["patient_id"] is not None
+                if _explains_an_unwrap(r)
             ]
         report = reconcile(unwraps, records, tolerance=tolerance, unreadable_lines=unreadable)
         with self._store.transaction() as tx:
@@ -267,6 +280,17 @@ class AuditService:
     ) -> Iterator[dict[str, Any]]:
         with self._store.transaction() as tx:
             yield from tx.iter_audit_export(since=since, tenant_id=tenant_id)
+
+
+def _explains_an_unwrap(record: dict[str, Any]) -> bool:
+    """A service record that can explain a Vault unwrap or key creation names its
+    patient and the request that caused it (a request id; the CLI's re-key says "cli").
+    Records appended by other means without them are not trusted as explanations."""
+    return (
+        record["tenant_id"] is not None
+        and record["patient_id"] is not None
+        and bool(record["request_id"])
+    )
 
 
 def _without_decoy_identity(row: dict[str, Any]) -> dict[str, Any]:

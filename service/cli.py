@@ -16,6 +16,7 @@ import click
 from service.config import ConfigError, Settings
 from service.errors import ServiceError
 from service.models import Role
+from service.principals import WINDOWS_PER_HOUR
 
 
 def _settings() -> Settings:
@@ -183,7 +184,10 @@ def vault_setup(
         f"{out['tenants']} tenant(s); policies written: {', '.join(out['policies'])}"
     )
     for q in out["quotas"]:
-        click.echo(f"  tenant {q['tenant']}: Vault allows {q['rate']} unwraps/hour per client")
+        click.echo(
+            f"  tenant {q['tenant']}: Vault allows {q['rate']} unwraps per 3 minutes "
+            f"({q['rate'] * WINDOWS_PER_HOUR}/hour) per client address"
+        )
     if "approle" in out:
         a = out["approle"]
         click.echo(f"AppRole {a['role_name']}: SEALEDNOTES_VAULT_ROLE_ID={a['role_id']}")

@@ -122,8 +122,9 @@ class Settings:
     # by `sealednotes serve`, before the workers start).
     vault_wrapped_secret_id: str | None = field(default=None, repr=False)
     vault_mount: str = "transit"
-    # Vault's hourly unwrap quota per tenant = the tenant's release cap x this.
-    vault_unwrap_headroom: float = 5.0
+    # Vault's unwrap quota per tenant = the tenant's hourly release cap x this, per
+    # hour, enforced in three-minute windows (service/principals.py).
+    vault_unwrap_headroom: float = 10.0
     vault_timeout: float = 2.0
     db_timeout: float = 2.0
     request_timeout: float = 5.0
@@ -170,7 +171,7 @@ class Settings:
                 "SEALEDNOTES_VAULT_SECRET_ID (or SEALEDNOTES_VAULT_WRAPPED_SECRET_ID), "
                 "SEALEDNOTES_VAULT_TOKEN_FILE, or VAULT_TOKEN"
             )
-        headroom = _float(env, "SEALEDNOTES_VAULT_UNWRAP_HEADROOM", 5.0)
+        headroom = _float(env, "SEALEDNOTES_VAULT_UNWRAP_HEADROOM", 10.0)
         if headroom < 1:
             raise ConfigError("SEALEDNOTES_VAULT_UNWRAP_HEADROOM must be >= 1")
         key_cache_ttl = _float(env, "SEALEDNOTES_KEY_CACHE_TTL", 60.0)

@@ -411,6 +411,7 @@ class KeyOperations:
                 tenant_id=patient.tenant_id,
                 patient_id=patient.id,
                 reason="rekey",
+                request_id="cli",
             )
             new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
             versions = tx.patient_versions_for_update(patient.id)

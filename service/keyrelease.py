@@ -492,6 +492,9 @@ class KeyReleaseGate:
             return patient, key, via
         context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
         new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
+        # The database records the new key (`key.create`), matched by `audit reconcile`
+        # to Vault's own record of the data-key creation.
+        self._audit.attribute(tx, caller)
         if tx.insert_patient_key(
             patient.id, patient.tenant_id, new.wrapped.ciphertext, new.wrapped.key_version, now
         ):

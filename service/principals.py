@@ -21,9 +21,24 @@ if TYPE_CHECKING:
     from service.limits import ActionLimiter
 from service.vault import VaultKeyService
 
+# Vault keeps a rate-limit bucket per client address in memory and drops it once the
+# start of its current interval is more than three minutes old (OpenBao's stale age),
+# so an hour-long interval would quietly refill every few minutes. The quota therefore
+# works in three-minute windows: the hourly figure spread over twenty of them.
+QUOTA_WINDOW_MINUTES = 3
+WINDOWS_PER_HOUR = 60 // QUOTA_WINDOW_MINUTES
+# However small the tenant, one clinician's burst (a ward round) fits in a window.
+MIN_UNWRAPS_PER_WINDOW = 30
+
+
+def unwrap_quota_per_hour(release_per_hour: int, headroom: float) -> int:
+    """The hourly bound Vault enforces, per client address and Vault node."""
+    return unwrap_quota_rate(release_per_hour, headroom) * WINDOWS_PER_HOUR
+
 
 def unwrap_quota_rate(release_per_hour: int, headroom: float) -> int:
-    return max(1, math.ceil(release_per_hour * headroom))
+    """Unwraps allowed per three-minute window."""
+    return max(MIN_UNWRAPS_PER_WINDOW, math.ceil(release_per_hour * headroom / WINDOWS_PER_HOUR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +61,7 @@ class PrincipalsService:
         clock: Clock,
         token_ttl_days: int,
         tenant_cap: int = 1000,
-        unwrap_headroom: float = 5.0,
+        unwrap_headroom: float = 10.0,
         budgets: Budgets | None = None,
         limiter: ActionLimiter | None = None,
         approvals: ApprovalsService | None = None,
@@ -66,14 +81,15 @@ class PrincipalsService:
             approvals.register("unlock", self._approved_unlock)
 
     def unwrap_quota_rate(self, tenant: Tenant) -> int:
-        """Vault's hourly unwrap budget for a tenant: its release cap times the
-        headroom for key-cache misses (re-reads after the cache expires, writes,
-        several workers each with its own cache)."""
+        """Vault's unwrap budget for a tenant, per three-minute window: its hourly
+        release cap times the headroom for key-cache misses (re-reads after the cache
+        expires, writes, several workers each with its own cache) and for bursts,
+        spread over the hour's twenty windows."""
         return unwrap_quota_rate(tenant.release_per_hour or self._tenant_cap, self._unwrap_headroom)
 
     def ensure_vault_quota(self, tenant: Tenant) -> int:
         rate = self.unwrap_quota_rate(tenant)
-        self._keys.ensure_unwrap_quota(tenant.id, rate=rate)
+        self._keys.ensure_unwrap_quota(tenant.id, rate=rate, interval=f"{QUOTA_WINDOW_MINUTES}m")
         return rate
 
     # Every change below is an access-rights change: the database's triggers write

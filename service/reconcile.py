@@ -4,7 +4,10 @@ Vault's file audit device writes one JSON line per request and per response.
 With the Transit mount tuned to log the derivation `context` in clear
 (`vault-setup` does this), every successful `transit/decrypt/sealednotes-dek-*`
 response names its tenant and patient. The service writes a `key.unwrap`
-audit record for every unwrap it makes, naming the request that caused it.
+audit record for every unwrap it makes, naming the request that caused it; and
+the database writes a `key.create` record for every patient's first data key,
+which matches Vault's `transit/datakey/plaintext/...` creation (a key planted
+from a data key made outside the service shows up as an unmatched creation).
 
 Each Vault unwrap is matched to at most one service record of the same tenant
 and patient within `tolerance` of it (and each record to at most one unwrap).
@@ -29,6 +32,10 @@ from crypto import parse_key_context
 DEK_PREFIX = "sealednotes-dek-"
 
 
+UNWRAP = "unwrap"  # transit/decrypt: an existing patient key leaves Vault
+CREATE = "create"  # transit/datakey/plaintext: a new patient key is made
+
+
 @dataclass(frozen=True, slots=True)
 class VaultUnwrap:
     at: datetime
@@ -36,6 +43,7 @@ class VaultUnwrap:
     patient_id: str | None
     client_addr: str | None
     count: int = 1  # keys unwrapped by this one request (batch_input)
+    kind: str = UNWRAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,7 @@ class ServiceUnwrap:
     at: datetime
     tenant_id: str
     patient_id: str
+    kind: str = UNWRAP
 
 
 @dataclass
@@ -54,13 +63,15 @@ class ReconcileReport:
     unmatched_last: datetime | None = None
     unmatched_by_client: Counter[str] = field(default_factory=Counter)
     unmatched_by_tenant: Counter[str] = field(default_factory=Counter)
+    unmatched_by_kind: Counter[str] = field(default_factory=Counter)  # unwrap | create
     service_records: int = 0
     service_records_unmatched: int = 0
     unreadable_lines: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.unmatched == 0
+        # A line that cannot be read could hide an unwrap (a shipper cutting long lines).
+        return self.unmatched == 0 and self.unreadable_lines == 0
 
     def as_dict(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -75,6 +86,7 @@ class ReconcileReport:
             "unmatched_last": iso(self.unmatched_last),
             "unmatched_by_client": dict(self.unmatched_by_client),
             "unmatched_by_tenant": dict(self.unmatched_by_tenant),
+            "unmatched_by_kind": dict(self.unmatched_by_kind),
             "service_records": self.service_records,
             "service_records_without_vault_unwrap": self.service_records_unmatched,
             "unreadable_lines": self.unreadable_lines,
@@ -98,7 +110,10 @@ def read_vault_unwraps(
 ) -> tuple[list[VaultUnwrap], int]:
     """Successful data-key unwraps in a Vault audit log; also the count of lines
     that are not JSON audit entries."""
-    prefix = f"{mount}/decrypt/{DEK_PREFIX}"
+    prefixes = {
+        f"{mount}/decrypt/{DEK_PREFIX}": UNWRAP,
+        f"{mount}/datakey/plaintext/{DEK_PREFIX}": CREATE,
+    }
     out: list[VaultUnwrap] = []
     unreadable = 0
     for line in lines:
@@ -111,7 +126,8 @@ def read_vault_unwraps(
                 continue
             request = entry.get("request") or {}
             path = request.get("path") or ""
-            if not path.startswith(prefix):
+            prefix = next((p for p in prefixes if path.startswith(p)), None)
+            if prefix is None:
                 continue
             at = _parse_time(entry["time"])
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -119,12 +135,12 @@ def read_vault_unwraps(
             continue
         if since is not None and at < since:
             continue
-        out.extend(_unwraps_of(entry, request, path[len(prefix) :], at))
+        out.extend(_unwraps_of(entry, request, path[len(prefix) :], at, prefixes[prefix]))
     return out, unreadable
 
 
 def _unwraps_of(
-    entry: dict[str, Any], request: dict[str, Any], key_tenant: str, at: datetime
+    entry: dict[str, Any], request: dict[str, Any], key_tenant: str, at: datetime, kind: str
 ) -> Iterator[VaultUnwrap]:
     data = request.get("data") or {}
     client = request.get("remote_address")
@@ -134,7 +150,7 @@ def _unwraps_of(
         response = (entry.get("response") or {}).get("data") or {}
         results = response.get("batch_results")
         n = len(results) if isinstance(results, list) else len(batch)
-        yield VaultUnwrap(at, key_tenant, None, client, count=max(1, n))
+        yield VaultUnwrap(at, key_tenant, None, client, count=max(1, n), kind=kind)
         return
     tenant_id, patient_id = key_tenant, None
     context = data.get("context")
@@ -145,7 +161,7 @@ def _unwraps_of(
                 patient_id = None  # a context that does not belong to this key
         except (ValueError, binascii.Error, UnicodeDecodeError):
             patient_id = None
-    yield VaultUnwrap(at, tenant_id, patient_id, client)
+    yield VaultUnwrap(at, tenant_id, patient_id, client, kind=kind)
 
 
 def reconcile(
@@ -156,15 +172,15 @@ def reconcile(
     unreadable_lines: int = 0,
 ) -> ReconcileReport:
     report = ReconcileReport(unreadable_lines=unreadable_lines)
-    times: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+    times: dict[tuple[str, str, str], list[datetime]] = defaultdict(list)
     for rec in service:
-        times[(rec.tenant_id, rec.patient_id)].append(rec.at)
+        times[(rec.kind, rec.tenant_id, rec.patient_id)].append(rec.at)
         report.service_records += 1
     for lst in times.values():
         lst.sort()
-    used: dict[tuple[str, str], set[int]] = defaultdict(set)
+    used: dict[tuple[str, str, str], set[int]] = defaultdict(set)
 
-    def take(key: tuple[str, str], at: datetime) -> bool:
+    def take(key: tuple[str, str, str], at: datetime) -> bool:
         candidates = times.get(key)
         if not candidates:
             return False
@@ -182,7 +198,7 @@ def reconcile(
             u.count == 1
             and u.tenant_id
             and u.patient_id
-            and take((u.tenant_id, u.patient_id), u.at)
+            and take((u.kind, u.tenant_id, u.patient_id), u.at)
         ):
             report.matched += 1
             continue
@@ -191,5 +207,6 @@ def reconcile(
         report.unmatched_last = u.at
         report.unmatched_by_client[u.client_addr or "unknown"] += u.count
         report.unmatched_by_tenant[u.tenant_id or "unknown"] += u.count
+        report.unmatched_by_kind[u.kind] += u.count
     report.service_records_unmatched = report.service_records - sum(len(s) for s in used.values())
     return report

@@ -1136,7 +1136,8 @@ class Tx:
         with self.conn.cursor(name="audit_unwraps", row_factory=dict_row) as cur:
             cur.itersize = 5000
             cur.execute(
-                "SELECT at, tenant_id, patient_id FROM audit_events WHERE action = 'key.unwrap'"
+                "SELECT at, tenant_id, patient_id, action, principal_id, request_id, reason"
+                " FROM audit_events WHERE action IN ('key.unwrap', 'key.create')"
                 " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s) ORDER BY at",
                 {"since": since},
             )

@@ -221,7 +221,7 @@ class VaultKeyService:
 
         self._call(run)
 
-    def ensure_unwrap_quota(self, tenant_id: str, *, rate: int, interval: str = "1h") -> None:
+    def ensure_unwrap_quota(self, tenant_id: str, *, rate: int, interval: str) -> None:
         """The Vault-side unwrap budget of one tenant: a rate-limit quota on its
         data-key decrypt path. Vault keeps it, not the service, so it also binds
         whoever holds the service's credentials."""

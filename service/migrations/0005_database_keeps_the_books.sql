@@ -12,7 +12,10 @@
 --     the time from the database clock (never backwards within a shard) and a
 --     shard within the known range, and computes the canonical encoding itself.
 -- The functions are SECURITY DEFINER, owned by the schema owner, with a fixed
--- search_path; the service role may only EXECUTE the append function.
+-- search_path that names pg_temp LAST: otherwise a session's temporary table
+-- called audit_events or key_releases would be found first and swallow the
+-- function's writes (PostgreSQL searches pg_temp first unless told where). The
+-- service role may only EXECUTE the append function.
 
 -- -- the release ledger: database time, tenant cap ------------------------------------
 
@@ -27,12 +30,18 @@ CREATE INDEX key_releases_tenant_recorded ON key_releases (tenant_id, recorded_a
 ALTER TABLE principals ADD COLUMN denials_since timestamptz;
 
 CREATE FUNCTION sealednotes_release_guard() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_tenant uuid;
     v_cap integer;
     v_used bigint;
 BEGIN
+    -- The count below must see every committed release: a REPEATABLE READ (or
+    -- SERIALIZABLE) snapshot taken before other sessions' inserts would not, and N
+    -- such sessions would each book a whole cap. The service always reads committed.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'releases are booked at READ COMMITTED only' USING ERRCODE = 'SN409';
+    END IF;
     -- The row's tenant is the patient's, and the principal must belong to it:
     -- a release cannot be booked against another tenant's cap.
     SELECT pt.tenant_id INTO v_tenant FROM patients pt
@@ -44,6 +53,8 @@ BEGIN
     END IF;
     NEW.tenant_id := v_tenant;
     NEW.recorded_at := clock_timestamp();
+    -- A release dated far ahead would keep a patient "already released" for ever.
+    NEW.released_at := least(NEW.released_at, NEW.recorded_at + interval '5 minutes');
     -- The same lock the gate takes (service/store.py lock_tenant_budget).
     PERFORM pg_advisory_xact_lock(
         hashtextextended('sealednotes-tenant-budget:' || v_tenant::text, 0));
@@ -91,7 +102,7 @@ CREATE FUNCTION sealednotes_audit_canonical(
     p_at timestamptz, p_tenant_id uuid, p_principal_id uuid, p_role text, p_patient_id uuid,
     p_note_id uuid, p_action text, p_outcome text, p_reason text, p_request_id text,
     p_client_addr text
-) RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+) RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT convert_to(
         '[' || concat_ws(',',
             to_json(to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00')::text,
@@ -122,7 +133,7 @@ CREATE FUNCTION sealednotes_audit_append(
     p_note_id uuid, p_action text, p_outcome text, p_reason text, p_request_id text,
     p_client_addr text
 ) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     c_lock_class constant integer := 23969;  -- 0x5EA1, service/store.py AUDIT_LOCK_CLASS
     c_shards constant integer := 16;         -- service/auditchain.py SHARDS
@@ -184,7 +195,7 @@ REVOKE ALL ON FUNCTION sealednotes_audit_canonical(
 CREATE FUNCTION sealednotes_audit_change(
     p_tenant uuid, p_patient uuid, p_action text, p_reason text
 ) RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_actor text := nullif(current_setting('sealednotes.actor_id', true), '');
     v_role text := nullif(current_setting('sealednotes.actor_role', true), '');
@@ -210,7 +221,7 @@ $$;
 REVOKE ALL ON FUNCTION sealednotes_audit_change(uuid, uuid, text, text) FROM PUBLIC;
 
 CREATE FUNCTION sealednotes_audit_rights() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_tenant uuid;
 BEGIN
@@ -326,7 +337,7 @@ CREATE TRIGGER break_glass_audit AFTER INSERT ON break_glass
 -- Deletes ledger rows older than the given age (never younger than two days, so no
 -- budget window is touched) and records what it did in the audit log.
 CREATE FUNCTION sealednotes_prune(p_older_than interval) RETURNS TABLE (ledger text, deleted bigint)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_cutoff timestamptz := clock_timestamp() - greatest(p_older_than, interval '2 days');
     n_releases bigint;

@@ -31,7 +31,7 @@ CREATE INDEX approvals_tenant ON approvals (tenant_id, status, requested_at);
 -- A decision is final, and only a pending, unexpired request can be decided, by an
 -- admin of the same tenant (whoever writes the row).
 CREATE FUNCTION sealednotes_approval_guard() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.status <> 'pending' THEN
@@ -66,7 +66,7 @@ CREATE TRIGGER approvals_no_delete BEFORE DELETE ON approvals
 
 -- Requests and decisions are in the log, whoever writes them.
 CREATE FUNCTION sealednotes_audit_approval() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_what text := NEW.kind || ' approval=' || NEW.id
         || coalesce(' target=' || NEW.target_principal_id, '')
@@ -119,7 +119,7 @@ ALTER TABLE patients ADD COLUMN key_destroyed_at timestamptz;
 UPDATE patients SET key_destroyed_at = shredded_at WHERE shredded_at IS NOT NULL;
 
 CREATE FUNCTION sealednotes_destroy_due_keys() RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v record;
     n bigint := 0;

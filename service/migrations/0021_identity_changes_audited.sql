@@ -3,7 +3,7 @@
 -- recorded by the database itself, whoever makes the change (as in 0005).
 
 CREATE FUNCTION sealednotes_audit_identity() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_tenant uuid;
 BEGIN

@@ -221,6 +221,10 @@ SERVICE_REFUSED: dict[str, Op] = {
         name=dek_key_name(t), ciphertext="vault:v1:AAAA", context=b64(b"x")
     ),
     "read key metadata": lambda c, t: c.secrets.transit.read_key(name=dek_key_name(t)),
+    "unwrap with an unexpected parameter": lambda c, t: c.write_data(
+        f"transit/decrypt/{dek_key_name(t)}",
+        data={"ciphertext": "vault:v1:AAAA", "context": b64(b"x"), "x" * 5000: "y"},
+    ),
     "hash identifiers in batch": lambda c, t: c.write_data(
         f"transit/hmac/{index_key_name(t)}", data={"batch_input": [{"input": b64(b"MRN-1")}]}
     ),
@@ -269,10 +273,10 @@ def test_ops_rotates_rewraps_and_retires_old_versions(vault: Vault, tenant: str)
 
 def test_ops_sizes_the_unwrap_quota_and_tunes_the_audit_context(vault: Vault, tenant: str) -> None:
     ops = vault.keys(vault.ops_token)
-    ops.ensure_unwrap_quota(tenant, rate=123)
+    ops.ensure_unwrap_quota(tenant, rate=123, interval="3m")
     quota = ops.unwrap_quota(tenant)
     assert quota is not None
-    assert (quota["rate"], quota["interval"]) == (123, 3600)
+    assert (quota["rate"], quota["interval"]) == (123, 180)
     assert quota["path"] == f"transit/decrypt/{dek_key_name(tenant)}"
     ops.ensure_transit_mount()  # tunes audit_non_hmac_request_keys = [context]
     tune = vault.root.sys.read_mount_configuration(path="transit")["data"]

@@ -286,7 +286,7 @@ def test_secret_id_and_wrapped_secret_id_together_are_rejected() -> None:
 
 
 def test_unwrap_headroom_default_and_bounds() -> None:
-    assert Settings.from_env(_env()).vault_unwrap_headroom == 5.0
+    assert Settings.from_env(_env()).vault_unwrap_headroom == 10.0
     assert (
         Settings.from_env(_env(SEALEDNOTES_VAULT_UNWRAP_HEADROOM="2.5")).vault_unwrap_headroom
         == 2.5

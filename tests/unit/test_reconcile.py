@@ -63,7 +63,7 @@ def test_only_successful_data_key_unwraps_are_read() -> None:
         entry(kind="request"),  # the request half of a pair
         entry(),  # a successful unwrap
         entry(error="permission denied"),
-        entry(path=f"transit/datakey/plaintext/sealednotes-dek-{TENANT}"),  # a new key
+        entry(path=f"transit/datakey/plaintext/sealednotes-dek-{TENANT}", patient="p2"),
         entry(path=f"transit/hmac/sealednotes-index-{TENANT}"),
         entry(path="transit/decrypt/other-app"),
         "not json",
@@ -71,8 +71,9 @@ def test_only_successful_data_key_unwraps_are_read() -> None:
     ]
     unwraps, unreadable = read_vault_unwraps(lines)
     assert unreadable == 1
-    assert [(u.tenant_id, u.patient_id, u.client_addr) for u in unwraps] == [
-        (TENANT, "p1", "10.0.0.7")
+    assert [(u.kind, u.tenant_id, u.patient_id, u.client_addr) for u in unwraps] == [
+        ("unwrap", TENANT, "p1", "10.0.0.7"),
+        ("create", TENANT, "p2", "10.0.0.7"),  # a new patient key: matched to key.create
     ]
     assert unwraps[0].at == T0.replace(microsecond=123456)
 
@@ -122,4 +123,18 @@ def test_batch_unwraps_are_counted_and_never_matched() -> None:
     assert report.service_records_unmatched == 1
     d = report.as_dict()
     assert d["ok"] is False and d["unmatched_by_tenant"] == {TENANT: 250}
+    assert d["unmatched_by_kind"] == {"unwrap": 250}
     assert d["unmatched_first"] == d["unmatched_last"] == T0.replace(microsecond=123456).isoformat()
+
+
+def test_key_creations_match_key_create_records_only() -> None:
+    line = entry(path=f"transit/datakey/plaintext/sealednotes-dek-{TENANT}")
+    unwraps, _ = read_vault_unwraps([line])
+    assert reconcile(unwraps, [ServiceUnwrap(T0, TENANT, "p1")]).unmatched == 1  # an unwrap
+    assert reconcile(unwraps, [ServiceUnwrap(T0, TENANT, "p1", "create")]).ok
+
+
+def test_an_unreadable_line_is_not_ok() -> None:
+    unwraps, unreadable = read_vault_unwraps([entry(), '{"cut": "in the mid'])
+    report = reconcile(unwraps, [ServiceUnwrap(T0, TENANT, "p1")], unreadable_lines=unreadable)
+    assert report.matched == 1 and report.unmatched == 0 and not report.ok
