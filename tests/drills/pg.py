@@ -38,6 +38,10 @@ class PgNode:
     netns: str | None = None
 
     @property
+    def logfile(self) -> Path:
+        return self.datadir.parent / f"{self.name}.log"
+
+    @property
     def url(self) -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
@@ -70,7 +74,7 @@ class PgNode:
         conf = [
             f"listen_addresses = '{self.host}'",
             f"port = {self.port}",
-            f"unix_socket_directories = '{self.datadir}'",
+            "unix_socket_directories = ''",
             "max_connections = 200",
             "wal_level = replica",
             "max_wal_senders = 5",
@@ -96,6 +100,8 @@ class PgNode:
 
     def standby_of(self, primary: PgNode, application_name: str) -> PgNode:
         self._prepare_dir()
+        self.datadir.mkdir(mode=0o700)
+        shutil.chown(self.datadir, "postgres", "postgres")
         self._run(
             [pg_tool("pg_basebackup"), "-h", primary.host, "-p", str(primary.port), "-U",
              "postgres", "-D", str(self.datadir), "-X", "stream", "-R", "--no-sync", "-c", "fast"],
@@ -109,18 +115,25 @@ class PgNode:
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write(
                 f"listen_addresses = '{self.host}'\nport = {self.port}\n"
-                f"unix_socket_directories = '{self.datadir}'\n"
+                f"unix_socket_directories = ''\n"
                 # Promoted, it keeps requiring a synchronous standby: none here, so clear it.
                 "synchronous_standby_names = ''\n"
             )
         return self
 
     def start(self) -> PgNode:
-        self._run(
-            [pg_tool("pg_ctl"), "-D", str(self.datadir), "-l", str(self.datadir / "server.log"),
-             "-w", "-t", "60", "start"],
-            timeout=90,
-        )  # fmt: skip
+        if not self.logfile.exists():
+            self.logfile.touch()
+            shutil.chown(self.logfile, "postgres", "postgres")
+        try:
+            self._run(
+                [pg_tool("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                 "-w", "-t", "60", "start"],
+                timeout=90,
+            )  # fmt: skip
+        except AssertionError as e:
+            log = self.logfile.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{self.name} did not start:\n{log}") from e
         return self
 
     def crash(self) -> None:
