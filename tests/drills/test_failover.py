@@ -368,9 +368,11 @@ def test_d_replica_network_cut(world: World) -> None:
     finally:
         cut.host.restore()
     record("network_cut_replica_answers", sorted(set(statuses)))
+    record("network_cut_replica_answer_seconds", [round(x, 2) for x in latencies])
     record("network_cut_replica_max_answer_seconds", round(max(latencies), 2))
     assert statuses == [503] * 6, statuses
-    assert max(latencies) < 5.5, latencies  # within the 5 s request deadline
+    # Within the service's 5 s request deadline (+ the client's own overhead).
+    assert max(latencies) < 5.5, latencies
     assert ready == 503
     recovered = wait_for(
         "the cut replica serving again",

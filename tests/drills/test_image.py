@@ -10,6 +10,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from tests.drills import image
 from tests.drills.common import record, require_root, run, stop_process, wait_for
 from tests.drills.pg import PgNode
 
+# A fresh machine debootstraps the base first (about a minute).
+pytestmark = pytest.mark.timeout(1200)
+
 TAG = "localhost/sealednotes:drill"
 APP_ROLE = "sealednotes_app_drill"
 
@@ -29,7 +33,11 @@ APP_ROLE = "sealednotes_app_drill"
 @pytest.fixture(scope="module")
 def base_image() -> str:
     require_root()
-    return image.ensure_base_image()
+    started = time.monotonic()
+    name = image.ensure_base_image()
+    record("image_base_ready_seconds (debootstrap on a fresh machine, else cached)",
+           round(time.monotonic() - started, 1))  # fmt: skip
+    return name
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
 from service.devstack import free_port
@@ -22,6 +23,8 @@ from tests.conftest import LiveServer
 from tests.drills.common import percentile, record, require_root, wait_for
 from tests.drills.nginx import Nginx
 from tests.helpers import StackHelper
+
+pytestmark = pytest.mark.timeout(300)
 
 SLOW_BODIES = 20
 SLOW_HEADERS = 40
