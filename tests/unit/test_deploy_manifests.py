@@ -31,7 +31,7 @@ def _docs(name: str) -> list[dict[str, Any]]:
 
 
 def _all() -> list[dict[str, Any]]:
-    return _docs("sealednotes.yaml") + _docs("migrate-job.yaml")
+    return _docs("sealednotes.yaml") + _docs("migrate/migrate-job.yaml")
 
 
 def _one(kind: str, name: str) -> dict[str, Any]:
@@ -62,16 +62,22 @@ def test_manifests_match_the_kubernetes_schema(version: str) -> None:
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} (k8s {version}): {e.message}")
 
 
-def test_kustomization_lists_every_manifest_and_pins_the_digest() -> None:
-    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert sorted(kust["resources"]) == sorted(
-        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
-    )
-    (image,) = kust["images"]
-    assert re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"])
+def test_kustomizations_list_every_manifest_and_pin_one_digest() -> None:
+    digests = set()
+    listed = []
+    for kust_path in (K8S / "kustomization.yaml", K8S / "migrate" / "kustomization.yaml"):
+        kust = yaml.safe_load(kust_path.read_text())
+        listed += [str((kust_path.parent / r).relative_to(K8S)) for r in kust["resources"]]
+        (image,) = kust["images"]
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"])
+        digests.add((image["name"], image["digest"]))
+    manifests = [str(p.relative_to(K8S)) for p in K8S.rglob("*.yaml")]
+    assert sorted(listed) == sorted(m for m in manifests if not m.endswith("kustomization.yaml"))
+    assert len(digests) == 1
+    ((name, _),) = digests
     api_images = {c["image"].split("@")[0] for d in _all() if d["kind"] in ("Deployment", "Job")
                   for c in _containers(d) if c["name"] in ("api", "migrate")}  # fmt: skip
-    assert api_images == {image["name"]}
+    assert api_images == {name}
 
 
 def test_every_image_is_pinned_by_digest() -> None:
