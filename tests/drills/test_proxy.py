@@ -85,23 +85,25 @@ def attack(
 
     def legit() -> None:
         nonlocal failures
-        with requests.Session() as s:
-            while time.monotonic() < end:
-                started = time.monotonic()
-                try:
-                    r = s.get(
-                        base + "/v1/me",
-                        headers={"Authorization": f"Bearer {token}"},
-                        timeout=LEGIT_TIMEOUT,
-                    )
-                    ok = r.status_code == 200
-                except requests.RequestException:
-                    ok = False
-                elapsed = time.monotonic() - started
-                with lock:
-                    latencies.append(elapsed if ok else float("inf"))
-                    failures += not ok
-                time.sleep(0.05)
+        # A new connection per call, as many independent clients would make:
+        # each lands on whichever gunicorn worker accepts it (a kept-alive
+        # session would stay on one worker and could miss the saturated one).
+        while time.monotonic() < end:
+            started = time.monotonic()
+            try:
+                r = requests.get(
+                    base + "/v1/me",
+                    headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+                    timeout=LEGIT_TIMEOUT,
+                )
+                ok = r.status_code == 200
+            except requests.RequestException:
+                ok = False
+            elapsed = time.monotonic() - started
+            with lock:
+                latencies.append(elapsed if ok else float("inf"))
+                failures += not ok
+            time.sleep(0.05)
 
     clients = [threading.Thread(target=legit) for _ in range(LEGIT_CLIENTS)]
     for t in clients:
