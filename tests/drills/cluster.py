@@ -151,7 +151,10 @@ class Replica:
             **env,
             "VAULT_ADDR": "http://127.0.0.1:8200",
             "SEALEDNOTES_BIND": f"{self.host.ip}:8080",
+            # Inside the drill's directory, removed with it.
+            "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / "metrics"),
         }
+        (self.workdir / "metrics").mkdir(exist_ok=True)
         self.serve = subprocess.Popen(
             self.host.cmd(SEALEDNOTES, "serve"),
             stdout=slog,

@@ -90,6 +90,7 @@ def build(
 ) -> float:
     """podman build (chroot isolation, host network); returns the seconds taken."""
     args = ["build", "--isolation", "chroot", "--format", "docker", "--pull=never"]
+    args.append("--layers=false")  # no per-step images left behind
     if no_cache:
         args.append("--no-cache")
     args += ["--build-arg", f"BASE_IMAGE={base}", "-t", tag]
@@ -136,7 +137,10 @@ def export(tag: str, dest: Path) -> Path:
 
 
 def remove_image(tag: str) -> None:
+    """Remove the image and the unnamed build-stage images a build leaves behind
+    (podman storage on the drill machines holds only the drills' images)."""
     run([need("podman"), "rmi", "-f", tag], check=False)
+    run([need("podman"), "image", "prune", "-f"], check=False)
 
 
 def chroot_command(
