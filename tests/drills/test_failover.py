@@ -276,6 +276,16 @@ def test_a_vault_leader_loss(world: World) -> None:
     # The same processes served before and after (no restart).
     assert [r.serve.pid for r in cluster.replicas if r.serve and r.serve.poll() is None] == pids
 
+    # The old leader's host comes back: unsealed, it rejoins as a standby.
+    leader.start()
+    cluster.unseal(leader)
+    wait_for(
+        f"{leader.host.name} a standby again",
+        lambda: bool((leader.health() or {}).get("standby")),
+        60,
+    )
+    assert cluster.leader() not in (None, leader)
+
 
 def test_b_postgres_primary_loss(world: World) -> None:
     cluster = world.cluster
