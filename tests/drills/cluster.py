@@ -36,9 +36,11 @@ DATABASE = "sealednotes"
 # libpq: try both hosts, take the writable one; give up on a silent host after
 # 2 s (connect) and on unacknowledged data after 2 s (tcp_user_timeout), so a
 # cut network is an error within the service's 2 s database budget, not a hang.
-PG_PARAMS = (
+# (SEALEDNOTES_DRILL_PG_PARAMS overrides them, to try other settings.)
+PG_PARAMS = os.environ.get(
+    "SEALEDNOTES_DRILL_PG_PARAMS",
     "target_session_attrs=read-write&connect_timeout=2&tcp_user_timeout=2000"
-    "&keepalives=1&keepalives_idle=5&keepalives_interval=1&keepalives_count=3"
+    "&keepalives=1&keepalives_idle=5&keepalives_interval=1&keepalives_count=3",
 )
 
 
