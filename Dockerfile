@@ -1,10 +1,15 @@
 # Sealed Notes API image: `docker build -t sealednotes .`
+# (the base is a build argument: `--build-arg BASE_IMAGE=...`, any Debian-like
+# image with Python >= 3.11, python -m venv, groupadd/useradd; the drill in
+# tests/drills/ builds on a debootstrapped Debian bookworm, see docs/deployment.md)
 # Runs `sealednotes serve` (gunicorn); all configuration comes from the
 # environment (see service/config.py): SEALEDNOTES_DATABASE_URL, VAULT_ADDR and
 # VAULT_TOKEN or SEALEDNOTES_VAULT_ROLE_ID + SEALEDNOTES_VAULT_SECRET_ID.
 
-# -- build: install the package and its dependencies into a venv ------------------
-FROM python:3.12-slim AS build
+ARG BASE_IMAGE=python:3.12-slim
+
+# -- build: a wheel from exactly the files below, installed into a venv ------------
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -14,11 +19,22 @@ WORKDIR /src
 COPY pyproject.toml README.md openapi.yaml ./
 COPY crypto ./crypto
 COPY service ./service
+# Build the wheel first and install that (not the source tree), then check the
+# installed package carries its data files: migrations, the OpenAPI document and
+# the Vault policies `sealednotes vault-setup` writes.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install .
+ && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
+ && /opt/venv/bin/pip install /wheels/sealednotes-*.whl \
+ && /opt/venv/bin/python -c "from importlib import resources as r; \
+s = r.files('service'); \
+need = ['openapi.yaml', 'vault_policies/sealednotes-service.hcl', \
+        'vault_policies/sealednotes-ops.hcl']; \
+missing = [n for n in need if not s.joinpath(n).is_file()]; \
+missing += [] if any(s.joinpath('migrations').iterdir()) else ['migrations/']; \
+assert not missing, f'wheel lacks {missing}'"
 
 # -- runtime ------------------------------------------------------------------------
-FROM python:3.12-slim
+FROM ${BASE_IMAGE}
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

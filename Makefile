@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit bench clean
+.PHONY: dev test lint typecheck unit bench drills clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP) lint typecheck
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
+
+# Ops drills (root, Debian packages from .ci/run): the image builds and runs, nginx
+# in front survives slow clients, failover across network namespaces. ~15 min.
+drills: $(STAMP)
+	$(BIN)/pytest -o addopts="-ra --strict-markers" -p no:cacheprovider -s tests/drills $(DRILL_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
