@@ -14,7 +14,7 @@ Modules:
 * `bench.seed`       tenants, clinicians, patients and notes for all three systems.
 * `bench.peers`      the two comparison servers (a gunicorn app factory).
 * `bench.loadgen`    wrk when installed, else a multi-process asyncio HTTP client.
-* `bench.auditbench` `Tx.insert_audit_event` against a plain INSERT, 1/4/16 writers.
+* `bench.auditbench` `UnitOfWork.audit.insert_audit_event` against a plain INSERT, 1/4/16 writers.
 * `bench.micro`      XChaCha20-Poly1305 seal/open and one Transit unwrap.
 * `bench.roundtrips` libpq trace of one warm read and one create (where the time goes).
 * `bench.cpu`        CPU time per request of each process tree (/proc).

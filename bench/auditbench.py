@@ -3,7 +3,7 @@
 Each writer is its own process with its own connection (as the service role)
 and appends one record per transaction, committing each, for a bounded time:
 
-* ``chained``: `service.store.Tx.insert_audit_event`, exactly as the service
+* ``chained``: `UnitOfWork.audit.insert_audit_event`, exactly as the service
   calls it (advisory lock on the connection's shard, head lookup, hash, insert
   into ``audit_events``; however the store currently does that: client-side
   statements or one server-side function);
@@ -34,8 +34,8 @@ from psycopg.rows import dict_row
 
 from bench.stack import Stack
 from service import auditchain
+from service.adapters.postgres import UnitOfWork
 from service.models import AuditEvent
-from service.store import Tx
 
 PLAIN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS bench_audit_plain (
@@ -123,7 +123,7 @@ def _append_once(conn: psycopg.Connection[dict[str, Any]], mode: str, ids: Audit
     event = _event(ids)
     now = datetime.now(UTC)
     if mode == "chained":
-        Tx(conn).insert_audit_event(event, now)
+        UnitOfWork(conn).insert_audit_event(event, now)
     else:
         conn.execute(
             PLAIN_INSERT,

@@ -5,7 +5,7 @@ whose libpq protocol trace is on (to a file in the work directory, deleted
 right after: it holds bound parameters). Every client message that waits for
 the server (a simple ``Query``, or the ``Sync`` closing an extended-protocol
 statement) is one round trip; the trace names each statement, including those
-no `Tx` method shows (the pool's per-checkout health check, BEGIN, COMMIT), and
+no repository method shows (the pool's per-checkout health check, BEGIN, COMMIT), and
 its timestamps give the wait of each round trip (send to ``ReadyForQuery``).
 
 Each operation is traced over several iterations; the report gives, per

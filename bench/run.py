@@ -6,7 +6,7 @@ Cases (see DESIGN.md "Speed"):
            cached, patient already released this hour) and the Transit peer;
 2. create: POST /v1/patients/{id}/notes on the same three (patients that
            already have a data key);
-3. audit:  `Tx.insert_audit_event` vs a plain INSERT, 1/4/16 writers;
+3. audit:  `UnitOfWork.audit.insert_audit_event` vs a plain INSERT, 1/4/16 writers;
 4. micro:  XChaCha20-Poly1305 seal/open of a 2 KB note, one Transit unwrap;
 5. trace:  the database round trips of one warm read and one create.
 

@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from bench.cpu import parent_pid
+from service.adapters.postgres import Store
 from service.devstack import (
     BaoServer,
     EmbeddedPostgres,
@@ -35,7 +36,6 @@ from service.devstack import (
     free_port,
     url_with_user,
 )
-from service.store import Store
 from service.vault import VaultKeyService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

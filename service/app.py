@@ -20,6 +20,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import deadline
+from service.adapters.postgres import Store
 from service.alerts import Alerter
 from service.approvals import ApprovalsService
 from service.audit import AuditCheckpointer, AuditLog, AuditService
@@ -38,7 +39,6 @@ from service.patients import PatientsService
 from service.principals import PrincipalsService
 from service.problems import problem_response
 from service.smart import SmartService
-from service.store import Store
 from service.vault import VaultKeyService
 
 log = logging.getLogger("sealednotes")

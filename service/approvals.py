@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from service.adapters.postgres import Store, UnitOfWork
 from service.alerts import Alerter
 from service.audit import AuditLog, Caller
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, NotFound
 from service.limits import ActionLimiter
 from service.models import Approval, Role
-from service.store import Store, Tx
 
 # kind -> how it is carried out once approved: (transaction, approving admin,
 # the request) -> a JSON-able result. Registered by the use cases that own the action.
-Executor = Callable[[Tx, Caller, Approval], dict[str, Any]]
+Executor = Callable[[UnitOfWork, Caller, Approval], dict[str, Any]]
 KINDS = ("budget-raise", "decoy-clear", "unlock", "shred", "shred-cancel", "care-team-grant")
 
 
@@ -63,7 +63,7 @@ class ApprovalsService:
 
     def request(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         kind: str,
         now: datetime,
@@ -86,7 +86,7 @@ class ApprovalsService:
             expires_at=now + self._ttl,
         )
         self._audit.attribute(tx, caller)
-        tx.insert_approval(approval)
+        tx.approvals.insert_approval(approval)
         self._alerts.emit(
             "approval-requested",
             request=kind,
@@ -100,7 +100,7 @@ class ApprovalsService:
     def list(self, caller: Caller, status: str | None) -> list[Approval]:
         self._require_admin(caller)
         with self._store.transaction() as tx:
-            return tx.approvals(caller.principal.tenant_id, status)
+            return tx.approvals.approvals(caller.principal.tenant_id, status)
 
     def approve(self, caller: Caller, approval_id: str) -> tuple[Approval, dict[str, Any]]:
         return self._decide(caller, approval_id, approve=True)
@@ -117,7 +117,7 @@ class ApprovalsService:
         with self._store.transaction() as tx:
             now = self._clock.now()
             self._limiter.charge(tx, caller, self._limiter.admin, now, action="approval.decide")
-            approval = tx.approval(p.tenant_id, approval_id, for_update=True)
+            approval = tx.approvals.approval(p.tenant_id, approval_id, for_update=True)
             if approval is None:
                 raise NotFound()
             if approval.requested_by == p.id:
@@ -134,9 +134,9 @@ class ApprovalsService:
                 caller,
                 reason=f"approval={approval.id} requested_by={approval.requested_by}",
             )
-            tx.decide_approval(approval.id, status, p.id, now)
+            tx.approvals.decide_approval(approval.id, status, p.id, now)
             result = self._executors[approval.kind](tx, caller, approval) if approve else {}
-            decided = tx.approval(p.tenant_id, approval.id)
+            decided = tx.approvals.approval(p.tenant_id, approval.id)
         assert decided is not None
         self._alerts.emit(
             "approval-decided",

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from service import auditchain
+from service.adapters.postgres import Store, UnitOfWork
 from service.clock import Clock
 from service.errors import Forbidden
 from service.models import AuditEvent, Principal, Role
@@ -29,7 +30,6 @@ from service.reconcile import (
     read_vault_unwraps,
     reconcile,
 )
-from service.store import Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Caller:
 class AuditLog:
     def record(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         *,
         action: str,
         outcome: str,
@@ -59,7 +59,7 @@ class AuditLog:
         request_id: str | None = None,
     ) -> None:
         p = caller.principal if caller else None
-        tx.insert_audit_event(
+        tx.audit.insert_audit_event(
             AuditEvent(
                 action=action,
                 outcome=outcome,
@@ -74,12 +74,14 @@ class AuditLog:
             ),
         )
 
-    def attribute(self, tx: Tx, caller: Caller | None, *, reason: str | None = None) -> None:
+    def attribute(
+        self, tx: UnitOfWork, caller: Caller | None, *, reason: str | None = None
+    ) -> None:
         """Name the actor of this transaction's access-rights changes: the database's
         triggers write those records (service/migrations/0005), whoever changes what.
         Without a caller the actor is the operator at the command line."""
         p = caller.principal if caller else None
-        tx.set_actor(
+        tx.audit.set_actor(
             principal_id=p.id if p else None,
             role=p.role.value if p else "operator",
             request_id=caller.request_id if caller else "cli",
@@ -127,14 +129,14 @@ class AuditService:
     def checkpoint(self) -> dict[str, Any]:
         """Sign the current head of every chain."""
         with self._store.transaction() as tx:
-            heads = tx.audit_heads()
-            last = tx.last_checkpoint()
+            heads = tx.audit.audit_heads()
+            last = tx.audit.last_checkpoint()
         now = self._clock.now()
         payload = auditchain.checkpoint_payload(now, heads, last["payload"] if last else None)
         signature = self._signer.sign(payload.encode())
         total = sum(seq for seq, _ in heads.values())
         with self._store.transaction() as tx:
-            cid = tx.insert_checkpoint(now, total, payload, signature)
+            cid = tx.audit.insert_checkpoint(now, total, payload, signature)
         # The signed payload holds only hashes: publish it (log, WORM store) so that a
         # database administrator cannot quietly delete the latest checkpoints.
         log.info(
@@ -155,7 +157,7 @@ class AuditService:
     def verify(self) -> VerifyReport:
         started = time.perf_counter()
         with self._store.transaction() as tx:
-            checkpoints = tx.checkpoints()
+            checkpoints = tx.audit.checkpoints()
             parsed: list[tuple[int, dict[int, tuple[int, bytes]], bool]] = []
             for cp in checkpoints:
                 try:
@@ -167,7 +169,7 @@ class AuditService:
             verifier = auditchain.ChainVerifier(
                 (shard, seq) for _, heads, _ in parsed for shard, (seq, _h) in heads.items()
             )
-            for row in tx.iter_audit_chain():
+            for row in tx.audit.iter_audit_chain():
                 verifier.feed(row)
         for cid, heads, ok in parsed:
             verifier.check_checkpoint(cid, heads, ok)
@@ -202,7 +204,7 @@ class AuditService:
         if caller.principal.role not in AUDITOR_ROLES:
             raise Forbidden("Only auditors read the access log")
         with self._store.transaction() as tx:
-            rows = tx.audit_query(
+            rows = tx.audit.audit_query(
                 tenant_id=caller.principal.tenant_id, limit=limit, after_id=after_id, **filters
             )
             # Reading the access log is itself an access worth recording.
@@ -222,7 +224,7 @@ class AuditService:
         report = self.verify()
         tenant_id = caller.principal.tenant_id
         with self._store.transaction() as tx:
-            own = tx.count_audit_events(tenant_id)
+            own = tx.audit.count_audit_events(tenant_id)
             self._audit.record(
                 tx,
                 action="audit.verify",
@@ -262,7 +264,7 @@ class AuditService:
                     str(r["patient_id"]),
                     UNWRAP if r["action"] == "key.unwrap" else CREATE,
                 )
-                for r in tx.iter_unwrap_records(window_start)
+                for r in tx.audit.iter_unwrap_records(window_start)
                 if _explains_an_unwrap(r)
             ]
         report = reconcile(unwraps, records, tolerance=tolerance, unreadable_lines=unreadable)
@@ -279,7 +281,7 @@ class AuditService:
         self, *, since: datetime | None = None, tenant_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
         with self._store.transaction() as tx:
-            yield from tx.iter_audit_export(since=since, tenant_id=tenant_id)
+            yield from tx.audit.iter_audit_export(since=since, tenant_id=tenant_id)
 
 
 def _explains_an_unwrap(record: dict[str, Any]) -> bool:
@@ -370,10 +372,10 @@ class AuditCheckpointer:
 
     def tick(self) -> bool:
         with self._store.transaction() as tx:
-            if not tx.try_lock_checkpointer():
+            if not tx.audit.try_lock_checkpointer():
                 return False
-            heads = tx.audit_heads()
-            last = tx.last_checkpoint()
+            heads = tx.audit.audit_heads()
+            last = tx.audit.last_checkpoint()
             total = sum(seq for seq, _ in heads.values())
             if last is not None and int(last["total"]) == total:
                 return False

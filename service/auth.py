@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from service.adapters.postgres import Store
 from service.clock import Clock
 from service.errors import Unauthorized
 from service.models import Principal
-from service.store import Store
 
 TOKEN_PREFIX = "snt_"
 MAX_TOKEN_LENGTH = 200
@@ -35,7 +35,7 @@ def parse_bearer(header: str | None) -> str:
 def authenticate(store: Store, clock: Clock, header: str | None) -> Principal:
     token = parse_bearer(header)
     with store.autocommit() as tx:
-        principal = tx.principal_by_token(hash_token(token), clock.now())
+        principal = tx.principals.principal_by_token(hash_token(token), clock.now())
     if principal is None:
         raise Unauthorized("The token is invalid, expired or revoked")
     return principal

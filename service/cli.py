@@ -92,7 +92,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def migrate(app_role: str | None, maintenance_role: str | None, as_json: bool) -> None:
     """Create or upgrade the database schema (idempotent). Run as the schema owner."""
-    from service.store import Store
+    from service.adapters.postgres import Store
 
     url = os.environ.get("SEALEDNOTES_DATABASE_URL")
     if not url:
@@ -222,7 +222,7 @@ def vault_bootstrap(
     svc.keys.ensure_transit_mount()
     svc.keys.ensure_audit_signing_key()
     with svc.store.transaction() as tx:
-        tenants = tx.all_tenants()
+        tenants = tx.tenants.all_tenants()
     quotas = []
     for t in tenants:
         svc.keys.ensure_tenant_keys(t.id)
@@ -703,7 +703,7 @@ def _age(_ctx: Any, _param: Any, value: str) -> Any:
 def maintenance_prune(older_than: Any, as_json: bool) -> None:
     """Prune old key-release, denial and break-glass ledger rows (audited). Run with
     SEALEDNOTES_DATABASE_URL naming the maintenance role (`migrate --maintenance-role`)."""
-    from service.store import Store
+    from service.adapters.postgres import Store
 
     url = os.environ.get("SEALEDNOTES_DATABASE_URL")
     if not url:
@@ -712,7 +712,7 @@ def maintenance_prune(older_than: Any, as_json: bool) -> None:
         store = Store(url, min_size=0, max_size=1, timeout=60)
         try:
             with store.transaction() as tx:
-                deleted = tx.prune_ledgers(older_than)
+                deleted = tx.ledger.prune_ledgers(older_than)
         finally:
             store.close()
     _emit(
@@ -727,7 +727,7 @@ def maintenance_prune(older_than: Any, as_json: bool) -> None:
 def maintenance_run(as_json: bool) -> None:
     """Destroy the wrapped keys of patients whose shred grace period has ended
     (audited, one record per patient). Run it daily, as the maintenance role."""
-    from service.store import Store
+    from service.adapters.postgres import Store
 
     url = os.environ.get("SEALEDNOTES_DATABASE_URL")
     if not url:
@@ -736,7 +736,7 @@ def maintenance_run(as_json: bool) -> None:
         store = Store(url, min_size=0, max_size=1, timeout=60)
         try:
             with store.transaction() as tx:
-                destroyed = tx.destroy_due_keys()
+                destroyed = tx.patients.destroy_due_keys()
         finally:
             store.close()
     _emit(as_json, {"keys_destroyed": destroyed}, f"{destroyed} shredded patients' keys destroyed")
@@ -892,7 +892,7 @@ def dev(host: str, port: int, state_dir: Path) -> None:
         bao.start()
         ensure_database(pg.admin_url, "sealednotes")
         owner_url = database_url(pg.admin_url, "sealednotes")
-        from service.store import Store
+        from service.adapters.postgres import Store
 
         # Schema as the owner; the service itself runs as the least-privileged role.
         Store(owner_url).migrate(

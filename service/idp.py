@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from service import store_idp
+from service.adapters.postgres import Store, TenantIdp, UnitOfWork
 from service.audit import AuditLog
 from service.auth import authenticate
 from service.clock import Clock
@@ -42,8 +42,6 @@ from service.jwtverify import (
     verify_signature,
 )
 from service.models import AuditEvent, Principal, Role
-from service.store import Store, Tx
-from service.store_idp import TenantIdp
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +146,7 @@ class IdentityService:
         allow_create: bool = False,
     ) -> TenantIdp:
         with self._store.transaction() as tx:
-            tenant = tx.tenant_by_name(tenant_name)
+            tenant = tx.tenants.tenant_by_name(tenant_name)
             if tenant is None:
                 raise NotFound(f"No tenant named {tenant_name!r}")
             idp = TenantIdp(
@@ -162,28 +160,28 @@ class IdentityService:
                 allow_create=allow_create,
             )
             _validate_idp(idp)
-            other = store_idp.tenant_using_issuer(tx, issuer)
+            other = tx.idp.tenant_using_issuer(issuer)
             if other is not None and other != tenant.id:
                 raise Conflict("Another tenant already trusts this issuer")
             self._audit.attribute(tx, None)  # the database records the change
-            store_idp.upsert_tenant_idp(tx, idp, self._clock.now())
+            tx.idp.upsert_tenant_idp(idp, self._clock.now())
         self.jwks.clear()
         return idp
 
     def show_idp(self, tenant_name: str) -> TenantIdp | None:
         with self._store.transaction() as tx:
-            tenant = tx.tenant_by_name(tenant_name)
+            tenant = tx.tenants.tenant_by_name(tenant_name)
             if tenant is None:
                 raise NotFound(f"No tenant named {tenant_name!r}")
-            return store_idp.tenant_idp(tx, tenant.id)
+            return tx.idp.tenant_idp(tenant.id)
 
     def remove_idp(self, tenant_name: str) -> bool:
         with self._store.transaction() as tx:
-            tenant = tx.tenant_by_name(tenant_name)
+            tenant = tx.tenants.tenant_by_name(tenant_name)
             if tenant is None:
                 raise NotFound(f"No tenant named {tenant_name!r}")
             self._audit.attribute(tx, None)  # the database records the change
-            return store_idp.delete_tenant_idp(tx, tenant.id)
+            return tx.idp.delete_tenant_idp(tenant.id)
 
     def link_subject(self, principal_id: str, subject: str) -> None:
         """Map a subject of the tenant's issuer to an existing principal (e.g. one that
@@ -191,19 +189,19 @@ class IdentityService:
         if not SUBJECT_RE.match(subject):
             raise ValidationFailed({"subject": ["1 to 190 printable ASCII characters."]})
         with self._store.transaction() as tx:
-            principal = tx.principal(principal_id)
+            principal = tx.principals.principal(principal_id)
             if principal is None:
                 raise NotFound("No such principal")
             self._audit.attribute(tx, None)  # the database records the link
             now = self._clock.now()
-            if not store_idp.insert_identity(tx, principal.tenant_id, subject, principal.id, now):
-                owner = store_idp.principal_by_subject(tx, principal.tenant_id, subject)
+            if not tx.idp.insert_identity(principal.tenant_id, subject, principal.id, now):
+                owner = tx.idp.principal_by_subject(principal.tenant_id, subject)
                 if owner is None or owner.id != principal.id:
                     raise Conflict("This subject is already linked to another principal")
 
     def subjects(self, principal_id: str) -> list[str]:
         with self._store.transaction() as tx:
-            return store_idp.subjects_of(tx, principal_id)
+            return tx.idp.subjects_of(principal_id)
 
     # -- authentication ------------------------------------------------------------------
 
@@ -223,7 +221,7 @@ class IdentityService:
             if not isinstance(issuer, str) or not 0 < len(issuer) <= 500:
                 raise TokenRejected("unknown-issuer")
             with self._store.autocommit() as tx:
-                idp = store_idp.tenant_idp_by_issuer(tx, issuer)
+                idp = tx.idp.tenant_idp_by_issuer(issuer)
             if idp is None:
                 raise TokenRejected("unknown-issuer")
             tenant_id = idp.tenant_id
@@ -238,7 +236,7 @@ class IdentityService:
             if isinstance(subject, str) and SUBJECT_RE.match(subject):
                 # Genuine signature: a refusal below names whose token it was.
                 with self._store.autocommit() as tx:
-                    known = store_idp.principal_by_subject(tx, idp.tenant_id, subject)
+                    known = tx.idp.principal_by_subject(idp.tenant_id, subject)
                 principal_id = known.id if known else None
             check_claims(
                 claims,
@@ -277,29 +275,31 @@ class IdentityService:
             return self._create(tx, idp, subject, roles.pop(), ctx)
 
     def _create(
-        self, tx: Tx, idp: TenantIdp, subject: str, role: Role, ctx: RequestContext
+        self, tx: UnitOfWork, idp: TenantIdp, subject: str, role: Role, ctx: RequestContext
     ) -> Principal:
         now = self._clock.now()
         principal_id = str(uuid.uuid4())
         # The database records the new principal and its link (triggers), as created on
         # first use by the identity provider's token, on behalf of that request.
-        tx.set_actor(
+        tx.audit.set_actor(
             principal_id=principal_id,
             role=role.value,
             request_id=ctx.request_id,
             client_addr=ctx.client_addr,
             reason="via=idp",
         )
-        if not tx.insert_principal(principal_id, idp.tenant_id, f"idp:{subject}", role, now):
+        if not tx.principals.insert_principal(
+            principal_id, idp.tenant_id, f"idp:{subject}", role, now
+        ):
             # A concurrent first request created it (the insert waited for its commit),
             # or an operator took the name.
-            raced = store_idp.principal_by_subject(tx, idp.tenant_id, subject)
+            raced = tx.idp.principal_by_subject(idp.tenant_id, subject)
             if raced is None or raced.role is not role:
                 raise TokenRejected("principal-name-taken")
             return raced
-        if not store_idp.insert_identity(tx, idp.tenant_id, subject, principal_id, now):
+        if not tx.idp.insert_identity(idp.tenant_id, subject, principal_id, now):
             raise TokenRejected("unknown-principal")
-        created = tx.principal(principal_id)
+        created = tx.principals.principal(principal_id)
         assert created is not None
         return created
 
@@ -312,7 +312,7 @@ class IdentityService:
     ) -> None:
         log.info("bearer JWT refused: %s", reason)
         with self._store.transaction() as tx:
-            tx.insert_audit_event(
+            tx.audit.insert_audit_event(
                 AuditEvent(
                     action="auth.token",
                     outcome="denied",

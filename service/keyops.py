@@ -13,13 +13,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from crypto import DecryptionError, WrappedKey, key_context, open_sealed, seal
+from service.adapters.postgres import Store, UnitOfWork
 from service.audit import AuditLog, Caller
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound
 from service.keycache import KeyCache
 from service.models import Approval, Patient, PatientKeyRow, Role
 from service.notes import _aad
-from service.store import Store, Tx
 
 if TYPE_CHECKING:
     from service.approvals import ApprovalsService, Pending
@@ -85,8 +85,8 @@ class KeyOperations:
 
     def status(self) -> list[dict[str, Any]]:
         with self._store.transaction() as tx:
-            tenants = tx.all_tenants()
-            counts = {t.id: tx.key_version_counts(t.id) for t in tenants}
+            tenants = tx.tenants.all_tenants()
+            counts = {t.id: tx.keys.key_version_counts(t.id) for t in tenants}
         out = []
         for t in tenants:
             info = self._keys.dek_key_info(t.id)
@@ -117,9 +117,9 @@ class KeyOperations:
     ) -> list[RotationReport]:
         with self._store.transaction() as tx:
             if tenant_name is None:
-                tenants = tx.all_tenants()
+                tenants = tx.tenants.all_tenants()
             else:
-                t = tx.tenant_by_name(tenant_name)
+                t = tx.tenants.tenant_by_name(tenant_name)
                 if t is None:
                     raise NotFound(f"No tenant named {tenant_name!r}")
                 tenants = [t]
@@ -131,7 +131,7 @@ class KeyOperations:
         started = time.perf_counter()
         info = self._keys.dek_key_info(tenant_id)
         with self._store.transaction() as tx:
-            counts = tx.key_version_counts(tenant_id)
+            counts = tx.keys.key_version_counts(tenant_id)
         old = sum(n for v, n in counts.items() if v < info["latest_version"])
         if old:
             # A previous rotation was interrupted (or the key was rotated in Vault
@@ -164,7 +164,7 @@ class KeyOperations:
             if done_this_pass == 0:
                 break
         with self._store.transaction() as tx:
-            counts = tx.key_version_counts(tenant_id)
+            counts = tx.keys.key_version_counts(tenant_id)
         report.remaining_old = sum(n for v, n in counts.items() if v < latest)
         report.failed = sorted(failed)
         if failed:
@@ -219,7 +219,7 @@ class KeyOperations:
                 else:
                     updates.append((r.patient_id, r.wrapped_key, new.ciphertext, new.key_version))
             with self._store.transaction() as tx:
-                return tx.replace_wrapped_keys(updates, self._clock.now())
+                return tx.keys.replace_wrapped_keys(updates, self._clock.now())
 
         done = 0
         after: str | None = None
@@ -227,7 +227,7 @@ class KeyOperations:
         with ThreadPoolExecutor(2) as vault_pool, ThreadPoolExecutor(1) as db_pool:
             while True:
                 with self._store.transaction() as tx:
-                    rows = tx.wrapped_keys_below(tenant_id, latest, after=after, limit=batch)
+                    rows = tx.keys.wrapped_keys_below(tenant_id, latest, after=after, limit=batch)
                 if not rows:
                     break
                 after = rows[-1].patient_id
@@ -255,13 +255,13 @@ class KeyOperations:
         tenants whose wrapped keys are all on the latest version."""
         with self._store.transaction() as tx:
             tenants = (
-                tx.all_tenants()
+                tx.tenants.all_tenants()
                 if tenant_name is None
-                else [t for t in [tx.tenant_by_name(tenant_name)] if t is not None]
+                else [t for t in [tx.tenants.tenant_by_name(tenant_name)] if t is not None]
             )
             if tenant_name is not None and not tenants:
                 raise NotFound(f"No tenant named {tenant_name!r}")
-            counts = {t.id: tx.key_version_counts(t.id) for t in tenants}
+            counts = {t.id: tx.keys.key_version_counts(t.id) for t in tenants}
         out = []
         for t in tenants:
             latest = self._keys.dek_key_info(t.id)["latest_version"]
@@ -290,7 +290,7 @@ class KeyOperations:
 
     def _patient(self, patient_id: str, caller: Caller | None) -> Patient:
         with self._store.transaction() as tx:
-            patient = tx.patient_by_id(patient_id)
+            patient = tx.patients.patient_by_id(patient_id)
         if patient is None or (caller and patient.tenant_id != caller.principal.tenant_id):
             raise NotFound("No such patient")
         return patient
@@ -322,14 +322,16 @@ class KeyOperations:
                 )
             # The database records the shred (a trigger on patients), with this reason.
             self._audit.attribute(tx, None, reason=reason)
-            if not tx.shred_patient(patient.tenant_id, patient.id, now, now + self._grace):
+            if not tx.patients.shred_patient(patient.tenant_id, patient.id, now, now + self._grace):
                 raise Conflict("The patient is already shredded")
-            shredded = tx.patient_by_id(patient.id)
+            shredded = tx.patients.patient_by_id(patient.id)
         self._cache.clear()
         assert shredded is not None
         return shredded
 
-    def _approved_shred(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+    def _approved_shred(
+        self, tx: UnitOfWork, approver: Caller, approval: Approval
+    ) -> dict[str, Any]:
         assert approval.target_patient_id is not None
         now = self._clock.now()
         # The shred's record carries the requester's reason and the approval.
@@ -339,7 +341,7 @@ class KeyOperations:
             reason=f"{approval.params.get('reason', '')} approval={approval.id}"
             f" requested_by={approval.requested_by}",
         )
-        if not tx.shred_patient(
+        if not tx.patients.shred_patient(
             approval.tenant_id, approval.target_patient_id, now, now + self._grace
         ):
             raise Conflict("The patient is already shredded")
@@ -368,17 +370,17 @@ class KeyOperations:
             )
 
     def _approved_shred_cancel(
-        self, tx: Tx, approver: Caller, approval: Approval
+        self, tx: UnitOfWork, approver: Caller, approval: Approval
     ) -> dict[str, Any]:
         assert approval.target_patient_id is not None
-        if not tx.cancel_shred(approval.tenant_id, approval.target_patient_id):
+        if not tx.patients.cancel_shred(approval.tenant_id, approval.target_patient_id):
             raise Conflict("The key is already destroyed, or the patient is not shredded")
         return {"patient_id": approval.target_patient_id, "shredded": False}
 
     def destroy_due_keys(self) -> int:
         """Maintenance: destroy the keys whose shred grace period has ended."""
         with self._store.transaction() as tx:
-            n = tx.destroy_due_keys()
+            n = tx.patients.destroy_due_keys()
         self._cache.clear()
         return n
 
@@ -392,7 +394,7 @@ class KeyOperations:
         context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
         with self._store.transaction() as tx:
             now = self._clock.now()
-            row = tx.lock_patient_key(patient.id)
+            row = tx.keys.lock_patient_key(patient.id)
             if row is None:
                 raise Conflict("The patient has no data key yet (no notes)")
             try:
@@ -414,15 +416,19 @@ class KeyOperations:
                 request_id="cli",
             )
             new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
-            versions = tx.patient_versions_for_update(patient.id)
+            versions = tx.notes.patient_versions_for_update(patient.id)
             for note, version in versions:
                 aad = _aad(note, version.version)
                 try:
                     plaintext = open_sealed(old_key, version.sealed, aad=aad)
                 except DecryptionError as e:
                     raise IntegrityFailure() from e
-                tx.reseal_version(note.id, version.version, seal(new.plaintext, plaintext, aad=aad))
-            tx.set_patient_key(patient.id, new.wrapped.ciphertext, new.wrapped.key_version, now)
+                tx.notes.reseal_version(
+                    note.id, version.version, seal(new.plaintext, plaintext, aad=aad)
+                )
+            tx.keys.set_patient_key(
+                patient.id, new.wrapped.ciphertext, new.wrapped.key_version, now
+            )
             self._audit.record(
                 tx,
                 action="patient.rekey",

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 
 from crypto import DecryptionError, WrappedKey, key_context
 from crypto.keywrap import KeyWrapper
+from service.adapters.postgres import DAY, HOUR, UnitOfWork
 from service.alerts import Alerter
 from service.audit import AuditLog, Caller
 from service.clock import Clock
@@ -43,7 +44,6 @@ from service.errors import (
 from service.keycache import KeyCache, cache_key
 from service.metrics import Metrics
 from service.models import BudgetUsage, GateSnapshot, Patient, Principal
-from service.store import DAY, HOUR, Tx
 
 log = logging.getLogger(__name__)
 TENANT_INCIDENT_EVERY = timedelta(minutes=10)
@@ -121,18 +121,18 @@ class KeyReleaseGate:
 
     # -- shared checks ------------------------------------------------------------------
 
-    def _deny_and_commit(self, tx: Tx, exc: Exception) -> None:
+    def _deny_and_commit(self, tx: UnitOfWork, exc: Exception) -> None:
         # Denials must be recorded even though the request fails.
         tx.commit()
         raise exc
 
     def _suspend(
-        self, tx: Tx, caller: Caller, now: datetime, *, cause: str, patient_id: str | None
+        self, tx: UnitOfWork, caller: Caller, now: datetime, *, cause: str, patient_id: str | None
     ) -> None:
         p = caller.principal
         # The database records the suspension itself (a trigger on principals).
         self._audit.attribute(tx, caller)
-        if tx.suspend_principal(p.id, cause, now):
+        if tx.principals.suspend_principal(p.id, cause, now):
             self._metrics.suspensions.labels(cause=cause).inc()
             self._alerts.emit(
                 "principal-suspended",
@@ -144,7 +144,7 @@ class KeyReleaseGate:
 
     def _access(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         patient_id: str,
         now: datetime,
@@ -154,7 +154,7 @@ class KeyReleaseGate:
     ) -> tuple[Patient, str, GateSnapshot]:
         """Identity, suspension, object access and the decoy trap (one read)."""
         p = caller.principal
-        snap = tx.gate_snapshot(p.id, p.tenant_id, patient_id, now)
+        snap = tx.ledger.gate_snapshot(p.id, p.tenant_id, patient_id, now)
         if not snap.principal_found or snap.suspended:
             raise AccountSuspended()
         patient, care, glass = snap.patient, snap.on_care_team, snap.break_glass
@@ -205,7 +205,7 @@ class KeyReleaseGate:
 
     def _unwrap(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         patient: Patient,
         now: datetime,
@@ -216,7 +216,7 @@ class KeyReleaseGate:
         for_write: bool = False,
         snapshot: GateSnapshot | None = None,
     ) -> bytes | None:
-        row = snapshot.key if snapshot else tx.patient_key(patient.id, for_share=for_write)
+        row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
         if row is None:
             return None
         ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
@@ -253,7 +253,7 @@ class KeyReleaseGate:
 
     def _vault_throttled(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         patient: Patient,
         now: datetime,
@@ -286,7 +286,7 @@ class KeyReleaseGate:
 
     def _charge_budget(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         patient_id: str,
         now: datetime,
@@ -302,13 +302,13 @@ class KeyReleaseGate:
             return usage, None  # already released within the hour: free
         # A new distinct patient: serialise on the principal and the tenant budget,
         # then count again under the locks.
-        locked = tx.principal(p.id, for_update=True)
+        locked = tx.principals.principal(p.id, for_update=True)
         if locked is None or locked.suspended:
             # Suspended while this request waited for the lock (a parallel request
             # tripped a decoy or the denial limit): nothing more is released.
             raise AccountSuspended()
-        tx.lock_tenant_budget(p.tenant_id)
-        usage = tx.budget_usage(p.id, p.tenant_id, patient_id, now)
+        tx.ledger.lock_tenant_budget(p.tenant_id)
+        usage = tx.ledger.budget_usage(p.id, p.tenant_id, patient_id, now)
         if usage.patient_in_hour:
             return usage, None
         per_hour, per_day = self.limits_for(p)
@@ -339,7 +339,7 @@ class KeyReleaseGate:
                 scope="tenant-hour",
             )
         try:
-            tx.record_release(p.id, p.tenant_id, patient_id, now, via=via)
+            tx.ledger.record_release(p.id, p.tenant_id, patient_id, now, via=via)
         except TenantCapReached:
             # The database's own count of the tenant's releases (its clock) refused the
             # row: the transaction is aborted, start the denial afresh.
@@ -367,7 +367,7 @@ class KeyReleaseGate:
 
     def _throttle(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         patient_id: str,
         note_id: str | None,
@@ -398,24 +398,26 @@ class KeyReleaseGate:
             )
         self._deny_and_commit(tx, exc)
 
-    def _tenant_incident(self, tx: Tx, tenant_id: str, now: datetime) -> None:
+    def _tenant_incident(self, tx: UnitOfWork, tenant_id: str, now: datetime) -> None:
         """Alert (at most every ten minutes per tenant and worker) naming the accounts
         that spent the tenant's cap in the last hour."""
         last = self._incidents.get(tenant_id)
         if last is not None and now - last < TENANT_INCIDENT_EVERY:
             return
         self._incidents[tenant_id] = now
-        spenders = tx.top_releasers(tenant_id, now - HOUR)
+        spenders = tx.ledger.top_releasers(tenant_id, now - HOUR)
         self._alerts.emit(
             "tenant-cap-exhausted",
             tenant_id=tenant_id,
             top_accounts=[{"principal_id": pid, "releases": n} for pid, n in spenders],
         )
 
-    def count_denial(self, tx: Tx, caller: Caller, now: datetime, *, scope: str, cause: str) -> int:
+    def count_denial(
+        self, tx: UnitOfWork, caller: Caller, now: datetime, *, scope: str, cause: str
+    ) -> int:
         """Count a denial against the principal; suspend it (audited, alerted) when the
         denials of the last hour reach the limit. Returns that count."""
-        denials = tx.record_denial(caller.principal.id, scope, now)
+        denials = tx.ledger.record_denial(caller.principal.id, scope, now)
         if denials >= self._budgets.suspend_after_denials:
             self._suspend(tx, caller, now, cause=cause, patient_id=None)
         return denials
@@ -424,7 +426,7 @@ class KeyReleaseGate:
 
     def release(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         patient_id: str,
         *,
@@ -465,7 +467,7 @@ class KeyReleaseGate:
 
     def key_for_write(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         patient_id: str,
         *,
@@ -495,7 +497,7 @@ class KeyReleaseGate:
         # The database records the new key (`key.create`), matched by `audit reconcile`
         # to Vault's own record of the data-key creation.
         self._audit.attribute(tx, caller)
-        if tx.insert_patient_key(
+        if tx.keys.insert_patient_key(
             patient.id, patient.tenant_id, new.wrapped.ciphertext, new.wrapped.key_version, now
         ):
             self._cache.put(
@@ -512,7 +514,7 @@ class KeyReleaseGate:
         assert key is not None
         return patient, key, via
 
-    def check_metadata_access(self, tx: Tx, caller: Caller, patient_id: str) -> Patient:
+    def check_metadata_access(self, tx: UnitOfWork, caller: Caller, patient_id: str) -> Patient:
         """Access check for metadata-only reads: audited, no key release, no budget."""
         now = self._clock.now()
         patient, via, _snap = self._access(
@@ -528,9 +530,9 @@ class KeyReleaseGate:
         )
         return patient
 
-    def usage(self, tx: Tx, principal: Principal) -> BudgetStatus:
+    def usage(self, tx: UnitOfWork, principal: Principal) -> BudgetStatus:
         now = self._clock.now()
-        usage = tx.budget_usage(principal.id, principal.tenant_id, None, now)
+        usage = tx.ledger.budget_usage(principal.id, principal.tenant_id, None, now)
         return self.budget_status(principal, usage, now)
 
     @staticmethod

@@ -14,12 +14,12 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from service.adapters.postgres import HOUR, UnitOfWork
 from service.alerts import Alerter
 from service.audit import AuditLog, Caller
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded
 from service.keyrelease import KeyReleaseGate
-from service.store import HOUR, Tx
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class ActionLimiter:
 
     def charge(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         limit: Limit,
         now: datetime,
@@ -55,10 +55,10 @@ class ActionLimiter:
         p = caller.principal
         if limit.kind == "write":
             # Distinct patients: serialise one principal's writes so the count is exact.
-            locked = tx.principal(p.id, for_update=True)
+            locked = tx.principals.principal(p.id, for_update=True)
             if locked is None or locked.suspended:
                 raise AccountSuspended()
-        allowed, oldest = tx.charge_action(
+        allowed, oldest = tx.ledger.charge_action(
             p.id, limit.kind, now, limit=limit.per_hour, patient_id=patient_id
         )
         if allowed:

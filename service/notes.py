@@ -14,12 +14,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from crypto import DecryptionError, note_aad, open_sealed, seal
+from service.adapters.postgres import Store, UnitOfWork
 from service.audit import AuditLog, Caller
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound, PreconditionFailed
 from service.keyrelease import BudgetStatus, KeyReleaseGate
 from service.models import NoteRow, NoteVersionRow, Role
-from service.store import Store, Tx
 
 if TYPE_CHECKING:
     from service.limits import ActionLimiter
@@ -118,7 +118,9 @@ class NotesService:
         self._clock = clock
         self._limiter = limiter
 
-    def _write_budget(self, tx: Tx, caller: Caller, action: str) -> Callable[[datetime, str], None]:
+    def _write_budget(
+        self, tx: UnitOfWork, caller: Caller, action: str
+    ) -> Callable[[datetime, str], None]:
         """Distinct patients a clinician writes to per hour: a hijacked account cannot
         amend or void notes across the practice (another author's notes included)."""
 
@@ -139,14 +141,14 @@ class NotesService:
             log.error("note %s version %s failed authentication", note.id, row.version)
             raise IntegrityFailure() from e
 
-    def _note_or_404(self, tx: Tx, caller: Caller, note_id: str, action: str) -> NoteRow:
-        note = tx.note(caller.principal.tenant_id, note_id)
+    def _note_or_404(self, tx: UnitOfWork, caller: Caller, note_id: str, action: str) -> NoteRow:
+        note = tx.notes.note(caller.principal.tenant_id, note_id)
         if note is None:
             self._deny_missing_note(tx, caller, note_id, action)
         assert note is not None
         return note
 
-    def _deny_missing_note(self, tx: Tx, caller: Caller, note_id: str, action: str) -> None:
+    def _deny_missing_note(self, tx: UnitOfWork, caller: Caller, note_id: str, action: str) -> None:
         """Audit the attempt (kept: commit first), then answer 404."""
         self._audit.record(
             tx,
@@ -187,14 +189,14 @@ class NotesService:
             now = self._clock.now()
             if idempotency_key is not None:
                 digest = _request_digest(key, patient.id, kind, content, encounter_at)
-                earlier = tx.claim_idempotency_key(
+                earlier = tx.notes.claim_idempotency_key(
                     caller.principal.id, idempotency_key, digest, note_id, now
                 )
                 if earlier is not None:
                     earlier_id, earlier_digest = earlier
                     if not hmac.compare_digest(earlier_digest, digest):
                         raise IdempotencyKeyReused()
-                    replay = tx.note(patient.tenant_id, earlier_id)
+                    replay = tx.notes.note(patient.tenant_id, earlier_id)
                     assert replay is not None
                     self._audit.record(
                         tx,
@@ -206,7 +208,7 @@ class NotesService:
                         reason="idempotent-replay",
                     )
                     return replay, True
-            note = tx.insert_note(
+            note = tx.notes.insert_note(
                 note_id,
                 patient.tenant_id,
                 patient.id,
@@ -215,7 +217,7 @@ class NotesService:
                 caller.principal.id,
                 now,
             )
-            tx.insert_note_version(
+            tx.notes.insert_note_version(
                 note.id,
                 1,
                 seal(key, _encode(content), aad=_aad(note, 1)),
@@ -260,12 +262,12 @@ class NotesService:
             if note.status != "current":
                 raise Conflict("A note marked entered-in-error cannot be amended")
             now = self._clock.now()
-            updated = tx.bump_note_version(note.id, expected_version, kind, encounter_at, now)
+            updated = tx.notes.bump_note_version(note.id, expected_version, kind, encounter_at, now)
             if updated is None:
                 raise PreconditionFailed(
                     f"The note is at version {note.current_version}; re-read it and retry"
                 )
-            tx.insert_note_version(
+            tx.notes.insert_note_version(
                 note.id,
                 updated.current_version,
                 seal(key, _encode(content), aad=_aad(updated, updated.current_version)),
@@ -296,7 +298,7 @@ class NotesService:
                 charge=self._write_budget(tx, caller, "note.delete"),
             )
             now = self._clock.now()
-            tx.mark_entered_in_error(note.id, now)
+            tx.notes.mark_entered_in_error(note.id, now)
             self._audit.record(
                 tx,
                 action="note.delete",
@@ -306,7 +308,7 @@ class NotesService:
                 note_id=note.id,
                 reason="entered-in-error" + (" (break-glass)" if via == "break-glass" else ""),
             )
-            found = tx.note(note.tenant_id, note.id)
+            found = tx.notes.note(note.tenant_id, note.id)
             assert found is not None
             return found
 
@@ -315,7 +317,7 @@ class NotesService:
     def read(self, caller: Caller, note_id: str) -> tuple[NoteView, BudgetStatus]:
         _require_clinician(caller)
         with self._store.transaction() as tx:
-            found = tx.note_with_current_version(caller.principal.tenant_id, note_id)
+            found = tx.notes.note_with_current_version(caller.principal.tenant_id, note_id)
             if found is None:
                 self._deny_missing_note(tx, caller, note_id, "note.read")
             assert found is not None
@@ -336,7 +338,7 @@ class NotesService:
             release = self._gate.release(
                 tx, caller, note.patient_id, action="note.versions", note_id=note.id
             )
-            rows = tx.note_versions(note.id)
+            rows = tx.notes.note_versions(note.id)
         return (
             note,
             [DecryptedVersion(r, self._decrypt(release.key, note, r)) for r in rows],
@@ -361,9 +363,9 @@ class NotesService:
                 # Metadata only: access-checked and audited, no key release.
                 self._gate.check_metadata_access(tx, caller, patient_id)
                 release, budget = None, None
-            notes = tx.notes_for_patient(patient_id, limit=limit + 1, after=after)
+            notes = tx.notes.notes_for_patient(patient_id, limit=limit + 1, after=after)
             page, more = notes[:limit], len(notes) > limit
-            rows = tx.current_versions([n.id for n in page]) if include_content else {}
+            rows = tx.notes.current_versions([n.id for n in page]) if include_content else {}
         views = []
         for n in page:
             content = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from service.adapters.postgres import DAY, HOUR, Store, UnitOfWork
 from service.alerts import Alerter
 from service.approvals import ApprovalsService, Pending
 from service.audit import AuditLog, Caller
@@ -24,7 +25,6 @@ from service.errors import AccountSuspended, BudgetExceeded, Conflict, Forbidden
 from service.keyrelease import KeyReleaseGate
 from service.limits import ActionLimiter
 from service.models import Approval, Patient, Role
-from service.store import DAY, HOUR, Store, Tx
 from service.vault import VaultKeyService
 
 # Looked up in place of a patient that does not exist, so that "no such patient" and
@@ -83,9 +83,9 @@ class PatientsService:
         with self._store.transaction() as tx:
             now = self._clock.now()
             self._limiter.charge(tx, caller, self._limiter.lookup, now, action="patient.create")
-            patient_id = tx.insert_patient(str(uuid.uuid4()), p.tenant_id, index, now)
+            patient_id = tx.patients.insert_patient(str(uuid.uuid4()), p.tenant_id, index, now)
             if patient_id is None:
-                existing = tx.patient_by_index(p.tenant_id, index)
+                existing = tx.patients.patient_by_index(p.tenant_id, index)
                 self._audit.record(
                     tx,
                     action="patient.create",
@@ -104,7 +104,7 @@ class PatientsService:
                 caller=caller,
                 patient_id=patient_id,
             )
-            patient = tx.patient(p.tenant_id, patient_id)
+            patient = tx.patients.patient(p.tenant_id, patient_id)
             assert patient is not None
             return patient
 
@@ -119,7 +119,11 @@ class PatientsService:
             now = self._clock.now()
             self._limiter.charge(tx, caller, self._limiter.lookup, now, action="patient.lookup")
             return self._visible(
-                tx, caller, tx.patient_by_index(p.tenant_id, index), now, action="patient.lookup"
+                tx,
+                caller,
+                tx.patients.patient_by_index(p.tenant_id, index),
+                now,
+                action="patient.lookup",
             )
 
     def get(self, caller: Caller, patient_id: str) -> Patient:
@@ -130,11 +134,11 @@ class PatientsService:
             now = self._clock.now()
             self._limiter.charge(tx, caller, self._limiter.lookup, now, action="patient.read")
             return self._visible(
-                tx, caller, tx.patient(p.tenant_id, patient_id), now, action="patient.read"
+                tx, caller, tx.patients.patient(p.tenant_id, patient_id), now, action="patient.read"
             )
 
     def _visible(
-        self, tx: Tx, caller: Caller, patient: Patient | None, now: datetime, *, action: str
+        self, tx: UnitOfWork, caller: Caller, patient: Patient | None, now: datetime, *, action: str
     ) -> Patient:
         """An integration sees every patient of its tenant; a clinician only those on its
         care team or under its break-glass. Anything else is audited and answers 404,
@@ -142,7 +146,9 @@ class PatientsService:
         p = caller.principal
         visible = patient is not None
         if p.role is Role.CLINICIAN:
-            care, glass = tx.access_to_patient(p.id, patient.id if patient else NO_PATIENT, now)
+            care, glass = tx.patients.access_to_patient(
+                p.id, patient.id if patient else NO_PATIENT, now
+            )
             visible = visible and (care or glass)
         self._audit.record(
             tx,
@@ -171,14 +177,14 @@ class PatientsService:
             now = self._clock.now()
             if p.role is Role.ADMIN:
                 self._limiter.charge(tx, caller, self._limiter.admin, now, action="care-team.add")
-            patient = tx.patient(p.tenant_id, patient_id)
-            member = tx.principal_in_tenant(p.tenant_id, member_id)
+            patient = tx.patients.patient(p.tenant_id, patient_id)
+            member = tx.principals.principal_in_tenant(p.tenant_id, member_id)
             if patient is None or member is None:
                 raise NotFound()
             if member.role is not Role.CLINICIAN:
                 raise Conflict("Only clinicians can be on a care team")
             if p.role is Role.ADMIN:
-                granted = tx.count_actions(p.id, "care-team", now - HOUR)
+                granted = tx.ledger.count_actions(p.id, "care-team", now - HOUR)
                 if granted >= self._budgets.admin_care_team_grants_per_hour:
                     return self._approvals.request(
                         tx,
@@ -189,21 +195,21 @@ class PatientsService:
                         target_patient_id=patient.id,
                         params={"until": until.isoformat() if until else None},
                     )
-                tx.record_action(p.id, "care-team", now)
+                tx.ledger.record_action(p.id, "care-team", now)
             else:
                 self._limiter.charge(
                     tx, caller, self._limiter.care_team, now, action="care-team.add"
                 )
             self._audit.attribute(tx, caller)  # the database records the change
-            return tx.upsert_care_team(patient.id, member.id, until, now)
+            return tx.patients.upsert_care_team(patient.id, member.id, until, now)
 
     def _approved_care_team_grant(
-        self, tx: Tx, approver: Caller, approval: Approval
+        self, tx: UnitOfWork, approver: Caller, approval: Approval
     ) -> dict[str, Any]:
         assert approval.target_patient_id and approval.target_principal_id
         raw = approval.params.get("until")
         until = datetime.fromisoformat(raw) if raw else None
-        tx.upsert_care_team(
+        tx.patients.upsert_care_team(
             approval.target_patient_id, approval.target_principal_id, until, self._clock.now()
         )
         return {
@@ -220,10 +226,10 @@ class PatientsService:
             now = self._clock.now()
             limit = self._limiter.admin if p.role is Role.ADMIN else self._limiter.care_team
             self._limiter.charge(tx, caller, limit, now, action="care-team.remove")
-            if tx.patient(p.tenant_id, patient_id) is None:
+            if tx.patients.patient(p.tenant_id, patient_id) is None:
                 raise NotFound()
             self._audit.attribute(tx, caller)  # the database records the change
-            if not tx.delete_care_team(patient_id, member_id):
+            if not tx.patients.delete_care_team(patient_id, member_id):
                 raise NotFound()
 
     # -- break-glass -----------------------------------------------------------------------
@@ -236,18 +242,18 @@ class PatientsService:
             raise Forbidden("Break-glass is disabled for this deployment")
         with self._store.transaction() as tx:
             now = self._clock.now()
-            current = tx.principal(p.id, for_update=True)
+            current = tx.principals.principal(p.id, for_update=True)
             if current is None or current.suspended:
                 raise AccountSuspended()
-            patient = tx.patient(p.tenant_id, patient_id)
+            patient = tx.patients.patient(p.tenant_id, patient_id)
             if patient is None:
                 self._refuse(tx, caller, now, None, reason="no-such-patient")
                 raise NotFound()
-            care, _glass = tx.access_to_patient(p.id, patient.id, now)
+            care, _glass = tx.patients.access_to_patient(p.id, patient.id, now)
             if care:
                 # Nothing to break: no slot used, nothing opened, not a denial.
                 raise Conflict("The patient is on your care team: no break-glass is needed")
-            opened = tx.break_glass_opened_since(p.id, now - DAY)
+            opened = tx.patients.break_glass_opened_since(p.id, now - DAY)
             if len(opened) >= self._budgets.break_glass_per_day:
                 self._refuse(tx, caller, now, patient.id, reason=reason, outcome="throttled")
                 self._alerts.emit(
@@ -265,7 +271,9 @@ class PatientsService:
             bg_id = str(uuid.uuid4())
             expires = now + timedelta(hours=self._budgets.break_glass_hours)
             self._audit.attribute(tx, caller)  # the database records the grant
-            tx.insert_break_glass(bg_id, p.tenant_id, p.id, patient.id, reason, now, expires)
+            tx.patients.insert_break_glass(
+                bg_id, p.tenant_id, p.id, patient.id, reason, now, expires
+            )
         self._alerts.emit(
             "break-glass-opened",
             tenant_id=p.tenant_id,
@@ -279,7 +287,7 @@ class PatientsService:
 
     def _refuse(
         self,
-        tx: Tx,
+        tx: UnitOfWork,
         caller: Caller,
         now: datetime,
         patient_id: str | None,
@@ -312,7 +320,7 @@ class PatientsService:
         with self._store.transaction() as tx:
             now = self._clock.now()
             self._limiter.charge(tx, caller, self._limiter.admin, now, action="patient.decoy")
-            patient = tx.patient(p.tenant_id, patient_id)
+            patient = tx.patients.patient(p.tenant_id, patient_id)
             if patient is None:
                 raise NotFound()
             if not decoy and patient.is_decoy:
@@ -320,10 +328,12 @@ class PatientsService:
                     tx, caller, "decoy-clear", now, target_patient_id=patient.id
                 )
             self._audit.attribute(tx, caller)  # the database records the change
-            tx.set_decoy(p.tenant_id, patient_id, decoy)
+            tx.patients.set_decoy(p.tenant_id, patient_id, decoy)
             return None
 
-    def _approved_decoy_clear(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+    def _approved_decoy_clear(
+        self, tx: UnitOfWork, approver: Caller, approval: Approval
+    ) -> dict[str, Any]:
         assert approval.target_patient_id is not None
-        tx.set_decoy(approval.tenant_id, approval.target_patient_id, False)
+        tx.patients.set_decoy(approval.tenant_id, approval.target_patient_id, False)
         return {"patient_id": approval.target_patient_id, "decoy": False}

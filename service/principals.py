@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from service.adapters.postgres import DAY, Store, UnitOfWork
 from service.audit import AuditLog, Caller
 from service.auth import hash_token, new_token
 from service.clock import Clock
 from service.config import Budgets
 from service.errors import Conflict, Forbidden, NotFound
 from service.models import Approval, Principal, Role, Tenant
-from service.store import DAY, Store, Tx
 
 if TYPE_CHECKING:
     from service.approvals import ApprovalsService, Pending
@@ -99,7 +99,7 @@ class PrincipalsService:
     def create_tenant(self, name: str) -> Tenant:
         tenant_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
-            existing = tx.tenant_by_name(name)
+            existing = tx.tenants.tenant_by_name(name)
             if existing is not None:
                 raise Conflict(f"Tenant {name!r} already exists", extra={"id": existing.id})
         tenant = Tenant(tenant_id, name, self._tenant_cap)
@@ -108,7 +108,7 @@ class PrincipalsService:
         self.ensure_vault_quota(tenant)
         with self._store.transaction() as tx:
             self._audit.attribute(tx, None)
-            if not tx.insert_tenant(tenant_id, name, self._clock.now(), self._tenant_cap):
+            if not tx.tenants.insert_tenant(tenant_id, name, self._clock.now(), self._tenant_cap):
                 raise Conflict(f"Tenant {name!r} already exists")
         return tenant
 
@@ -119,14 +119,14 @@ class PrincipalsService:
         updated = Tenant(tenant.id, tenant.name, release_per_hour)
         with self._store.transaction() as tx:
             self._audit.attribute(tx, None)
-            tx.set_tenant_cap(tenant.id, release_per_hour)
+            tx.tenants.set_tenant_cap(tenant.id, release_per_hour)
             # Vault follows inside the transaction: if Vault refuses, the cap stays.
             self.ensure_vault_quota(updated)
         return updated
 
     def tenant(self, name: str) -> Tenant:
         with self._store.transaction() as tx:
-            tenant = tx.tenant_by_name(name)
+            tenant = tx.tenants.tenant_by_name(name)
         if tenant is None:
             raise NotFound(f"No tenant named {name!r}")
         return tenant
@@ -134,7 +134,7 @@ class PrincipalsService:
     def principal_by_name(self, tenant_name: str, name: str) -> Principal:
         tenant = self.tenant(tenant_name)
         with self._store.transaction() as tx:
-            principal = tx.principal_by_name(tenant.id, name)
+            principal = tx.principals.principal_by_name(tenant.id, name)
         if principal is None:
             raise NotFound(f"No principal named {name!r} in {tenant_name!r}")
         return principal
@@ -145,34 +145,34 @@ class PrincipalsService:
         principal_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
             now = self._clock.now()
-            tenant = tx.tenant_by_name(tenant_name)
+            tenant = tx.tenants.tenant_by_name(tenant_name)
             if tenant is None:
                 raise NotFound(f"No tenant named {tenant_name!r}")
             self._audit.attribute(tx, None)
-            if not tx.insert_principal(principal_id, tenant.id, name, role, now):
+            if not tx.principals.insert_principal(principal_id, tenant.id, name, role, now):
                 raise Conflict(f"A principal named {name!r} already exists in {tenant_name!r}")
             return self._issue(tx, principal_id, ttl_days)
 
-    def _issue(self, tx: Tx, principal_id: str, ttl_days: int | None) -> IssuedToken:
+    def _issue(self, tx: UnitOfWork, principal_id: str, ttl_days: int | None) -> IssuedToken:
         now = self._clock.now()
         token = new_token()
         expires = now + (timedelta(days=ttl_days) if ttl_days else self._token_ttl)
-        tx.insert_token(hash_token(token), principal_id, now, expires)
+        tx.principals.insert_token(hash_token(token), principal_id, now, expires)
         return IssuedToken(principal_id, token, expires.isoformat())
 
     def issue_token(self, principal_id: str, *, ttl_days: int | None = None) -> IssuedToken:
         with self._store.transaction() as tx:
-            if tx.principal(principal_id) is None:
+            if tx.principals.principal(principal_id) is None:
                 raise NotFound("No such principal")
             self._audit.attribute(tx, None)
             return self._issue(tx, principal_id, ttl_days)
 
     def revoke_tokens(self, principal_id: str) -> int:
         with self._store.transaction() as tx:
-            if tx.principal(principal_id) is None:
+            if tx.principals.principal(principal_id) is None:
                 raise NotFound("No such principal")
             self._audit.attribute(tx, None)
-            return tx.revoke_tokens(principal_id, self._clock.now())
+            return tx.principals.revoke_tokens(principal_id, self._clock.now())
 
     def unlock(self, principal_id: str, caller: Caller | None = None) -> Principal | Pending:
         """Lift a suspension. An admin's unlock of an account suspended by a decoy, or
@@ -180,7 +180,7 @@ class PrincipalsService:
         command line (no caller) unlock at once, and are recorded as such."""
         with self._store.transaction() as tx:
             now = self._clock.now()
-            target = tx.principal(principal_id)
+            target = tx.principals.principal(principal_id)
             if caller is not None:
                 self._admin_action(tx, caller, now, "principal.unlock")
                 if target is None or target.tenant_id != caller.principal.tenant_id:
@@ -198,7 +198,7 @@ class PrincipalsService:
                 )
             self._audit.attribute(tx, caller)
             self._unlock(tx, caller, target, now)
-            after = tx.principal(principal_id)
+            after = tx.principals.principal(principal_id)
         assert after is not None
         return after
 
@@ -208,8 +208,10 @@ class PrincipalsService:
         again = target.last_unlocked_at is not None and now - target.last_unlocked_at < DAY
         return by_decoy or again
 
-    def _unlock(self, tx: Tx, caller: Caller | None, target: Principal, now: datetime) -> None:
-        if not tx.unlock_principal(target.id, now):
+    def _unlock(
+        self, tx: UnitOfWork, caller: Caller | None, target: Principal, now: datetime
+    ) -> None:
+        if not tx.principals.unlock_principal(target.id, now):
             # Nothing changed, so no trigger fired: record the attempt itself.
             self._audit.record(
                 tx,
@@ -220,19 +222,21 @@ class PrincipalsService:
                 reason=f"target={target.id} not suspended",
             )
 
-    def _approved_unlock(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+    def _approved_unlock(
+        self, tx: UnitOfWork, approver: Caller, approval: Approval
+    ) -> dict[str, Any]:
         assert approval.target_principal_id is not None
-        target = tx.principal(approval.target_principal_id)
+        target = tx.principals.principal(approval.target_principal_id)
         assert target is not None
         self._unlock(tx, approver, target, self._clock.now())
         return {"principal_id": target.id, "suspended": False}
 
     def suspend(self, principal_id: str, reason: str) -> None:
         with self._store.transaction() as tx:
-            if tx.principal(principal_id) is None:
+            if tx.principals.principal(principal_id) is None:
                 raise NotFound("No such principal")
             self._audit.attribute(tx, None)
-            tx.suspend_principal(principal_id, f"operator: {reason}", self._clock.now())
+            tx.principals.suspend_principal(principal_id, f"operator: {reason}", self._clock.now())
 
     def set_budget(
         self, caller: Caller, principal_id: str, per_hour: int | None, per_day: int | None
@@ -242,7 +246,7 @@ class PrincipalsService:
         with self._store.transaction() as tx:
             now = self._clock.now()
             self._admin_action(tx, caller, now, "principal.budget")
-            target = tx.principal_in_tenant(caller.principal.tenant_id, principal_id)
+            target = tx.principals.principal_in_tenant(caller.principal.tenant_id, principal_id)
             if target is None:
                 raise NotFound()
             raises = (per_hour or 0) > self._budgets.per_hour or (
@@ -259,22 +263,24 @@ class PrincipalsService:
                     params={"per_hour": per_hour, "per_day": per_day},
                 )
             self._audit.attribute(tx, caller)
-            tx.set_principal_budget(principal_id, per_hour, per_day)
-            after = tx.principal(principal_id)
+            tx.principals.set_principal_budget(principal_id, per_hour, per_day)
+            after = tx.principals.principal(principal_id)
         assert after is not None
         return after
 
-    def _approved_budget(self, tx: Tx, approver: Caller, approval: Approval) -> dict[str, Any]:
+    def _approved_budget(
+        self, tx: UnitOfWork, approver: Caller, approval: Approval
+    ) -> dict[str, Any]:
         assert approval.target_principal_id is not None
         per_hour, per_day = approval.params.get("per_hour"), approval.params.get("per_day")
-        tx.set_principal_budget(approval.target_principal_id, per_hour, per_day)
+        tx.principals.set_principal_budget(approval.target_principal_id, per_hour, per_day)
         return {
             "principal_id": approval.target_principal_id,
             "release_per_hour": per_hour,
             "release_per_day": per_day,
         }
 
-    def _admin_action(self, tx: Tx, caller: Caller, now: datetime, action: str) -> None:
+    def _admin_action(self, tx: UnitOfWork, caller: Caller, now: datetime, action: str) -> None:
         if caller.principal.role is not Role.ADMIN:
             raise Forbidden("Only admins manage principals")
         if self._limiter is not None:

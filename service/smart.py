@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from service import store_idp
+from service.adapters.postgres import OAuthClient, Store
 from service.audit import AuditLog
 from service.auth import hash_token, new_token
 from service.clock import Clock
@@ -38,7 +38,6 @@ from service.jwtverify import (
     verify_signature,
 )
 from service.models import AuditEvent, Role
-from service.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +137,17 @@ class SmartService:
             raise ValidationFailed({"jwks_url": ["An http(s) URL."]})
         document = validate_public_jwks(jwks) if jwks is not None else None
         with self._store.transaction() as tx:
-            principal = tx.principal(principal_id)
+            principal = tx.principals.principal(principal_id)
             if principal is None:
                 raise NotFound("No such principal")
             if principal.role is not Role.INTEGRATION:
                 raise Conflict("Only integration principals use SMART Backend Services")
-            owner = store_idp.oauth_client_owner(tx, client_id)
+            owner = tx.idp.oauth_client_owner(client_id)
             if owner is not None and owner != principal.id:
                 raise Conflict("This client id belongs to another principal")
             self._audit.attribute(tx, None)  # the database records the registration
-            store_idp.upsert_oauth_client(
-                tx, client_id, principal.id, document, jwks_url, self._clock.now()
+            tx.idp.upsert_oauth_client(
+                client_id, principal.id, document, jwks_url, self._clock.now()
             )
         return client_id
 
@@ -171,7 +170,7 @@ class SmartService:
             raise OAuthError("invalid_request", "client_assertion_type must be jwt-bearer")
         assertion = form.get("client_assertion") or ""
         scope = granted_scope(form.get("scope"))
-        client: store_idp.OAuthClient | None = None
+        client: OAuthClient | None = None
         try:
             seen = peek(assertion)
             iss = seen.claims.get("iss")
@@ -180,7 +179,7 @@ class SmartService:
             if seen.claims.get("sub") != iss:
                 raise TokenRejected("subject")
             with self._store.autocommit() as tx:
-                client = store_idp.oauth_client(tx, iss)
+                client = tx.idp.oauth_client(iss)
             if client is None:
                 raise TokenRejected("unknown-client")
             alg = check_algorithm(seen.header)
@@ -220,7 +219,7 @@ class SmartService:
 
     def _issue(
         self,
-        client: store_idp.OAuthClient,
+        client: OAuthClient,
         jti: str,
         assertion_expires: datetime,
         scope: str,
@@ -231,17 +230,17 @@ class SmartService:
         ttl = self._settings.smart_token_ttl_seconds
         token = new_token()
         with self._store.transaction() as tx:
-            if not store_idp.claim_assertion_jti(tx, client.client_id, jti, assertion_expires, now):
+            if not tx.idp.claim_assertion_jti(client.client_id, jti, assertion_expires, now):
                 raise TokenRejected("replayed")
             # The database records the token (a trigger on tokens), for this client.
-            tx.set_actor(
+            tx.audit.set_actor(
                 principal_id=client.principal.id,
                 role=client.principal.role.value,
                 request_id=request_id,
                 client_addr=client_addr,
                 reason=f"smart-backend client_id={client.client_id} ttl={ttl}",
             )
-            tx.insert_token(
+            tx.principals.insert_token(
                 hash_token(token), client.principal.id, now, now + timedelta(seconds=ttl)
             )
         return IssuedAccessToken(token, ttl, scope)
@@ -249,13 +248,13 @@ class SmartService:
     def _deny(
         self,
         reason: str,
-        client: store_idp.OAuthClient | None,
+        client: OAuthClient | None,
         request_id: str | None,
         client_addr: str | None,
     ) -> None:
         log.info("client assertion refused: %s", reason)
         with self._store.transaction() as tx:
-            tx.insert_audit_event(
+            tx.audit.insert_audit_event(
                 AuditEvent(
                     action="auth.client-assertion",
                     outcome="denied",

@@ -26,6 +26,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
+from service.adapters.postgres import Store
 from service.app import create_app
 from service.clock import Clock
 from service.config import Budgets, Settings
@@ -38,7 +39,6 @@ from service.devstack import (
     url_with_user,
 )
 from service.logs import RedactingJsonFormatter
-from service.store import Store
 from service.vault import VaultKeyService
 from tests.helpers import Api, StackHelper
 

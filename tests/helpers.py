@@ -162,7 +162,7 @@ def seed_patients(
         wrapped += [r["ciphertext"] for r in resp["data"]["batch_results"]]
     with svc.store.transaction() as tx, tx.conn.cursor() as cur:
         # Test setup, done as an operator would (the care-team audit records say so).
-        tx.set_actor(principal_id=None, role="operator", request_id="seed", client_addr=None)
+        tx.audit.set_actor(principal_id=None, role="operator", request_id="seed", client_addr=None)
         with cur.copy(
             "COPY patients (id, tenant_id, external_id_index, created_at) FROM STDIN"
         ) as copy:

@@ -1744,8 +1744,8 @@ def test_bug_nul_in_break_glass_reason_is_not_a_500(checked: Checked, world: Wor
         r,
         (422,),
         (
-            "PostgreSQL text cannot hold U+0000: psycopg raises DataError in Tx.insert_break_glass "
-            "(service/store.py, called from PatientsService.break_glass in service/patients.py), "
+            "PostgreSQL text cannot hold U+0000: psycopg raises DataError in "
+            "PatientsRepository.insert_break_glass (called from PatientsService.break_glass), "
             "which Store.transaction does not translate (unhandled: 500). Fix: reject control "
             "characters in BreakGlassCreate.reason (service/schemas.py:51), or translate "
             "psycopg.DataError into a 422."
@@ -1791,7 +1791,8 @@ def test_bug_encounter_at_outside_years_1_to_9999_utc_is_not_a_500(
         (422,),
         (
             f"encounter_at={when} is valid RFC 3339 but outside years 1..9999 once in UTC: "
-            "PostgreSQL stores it, then psycopg cannot load the RETURNING row of Tx.insert_note "
+            "PostgreSQL stores it, then psycopg cannot load the RETURNING row of "
+            "NotesRepository.insert_note "
             "(DataError 'timestamp too large/small', unhandled: 500). Fix: in "
             "service/schemas.py:43 check that value.astimezone(timezone.utc) succeeds (or "
             "bound the year) -> 422."

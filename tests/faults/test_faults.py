@@ -25,6 +25,7 @@ import pytest
 import requests
 from flask import Flask
 
+from service.adapters.postgres import Store
 from service.app import create_app
 from service.config import Settings
 from service.devstack import (
@@ -35,7 +36,6 @@ from service.devstack import (
     free_port,
     url_with_user,
 )
-from service.store import Store
 from service.vault import VaultKeyService
 from tests.conftest import CANARY, LOG_LINES
 from tests.helpers import Api, StackHelper

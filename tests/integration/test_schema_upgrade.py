@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from service import auditchain
+from service.adapters.postgres import AUDIT_LOCK_CLASS, Store
 from service.devstack import database_url, ensure_database, url_with_user
-from service.store import AUDIT_LOCK_CLASS, Store
 
 UPGRADE_APP_ROLE = "sealednotes_app_upgrade"
 

@@ -276,7 +276,7 @@ def test_verify_reports_unknown_shards_and_back_dated_records(
     # The next checkpoint covers every shard that exists, the unknown one included.
     heads = app.extensions["sealednotes"].store
     with heads.transaction() as tx:
-        assert set(tx.audit_heads()) <= set(range(16))
+        assert set(tx.audit.audit_heads()) <= set(range(16))
 
 
 def test_replayed_attack_releases_at_most_the_tenant_cap_and_leaves_every_change_logged(

@@ -1,0 +1,191 @@
+"""The tamper-evident log: appends (through the database's function), checkpoints,
+chain scans, the auditor's queries."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg.rows import dict_row
+
+from service import auditchain
+from service.adapters.postgres.base import (
+    AUDIT_LOCK_CLASS,
+    Repo,
+)
+from service.errors import (
+    AuditUnavailable,
+)
+from service.models import (
+    AuditEvent,
+)
+
+log = logging.getLogger(__name__)
+
+
+class AuditRepository(Repo):
+    def insert_audit_event(self, event: AuditEvent) -> None:
+        """Append to an audit chain. Fails closed: AuditUnavailable."""
+        preferred = self.conn.info.backend_pid % auditchain.SHARDS
+        try:
+            # One round trip: the function takes the shard's lock (held until commit,
+            # so committed records of a shard are always a gapless prefix), dates the
+            # record by the database clock, chains and inserts it.
+            self.conn.execute(
+                "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (preferred, *(getattr(event, k) for k in auditchain.FIELDS)),
+            )
+        except psycopg.Error as e:
+            log.error("audit write failed: %s", type(e).__name__)
+            raise AuditUnavailable() from e
+
+    def set_actor(
+        self,
+        *,
+        principal_id: str | None,
+        role: str,
+        request_id: str | None,
+        client_addr: str | None,
+        reason: str | None = None,
+    ) -> None:
+        """Name who is acting in this transaction, for the records the database's
+        triggers write when access rights change (same transaction only)."""
+        self.conn.execute(
+            "SELECT set_config('sealednotes.actor_id', %s, true),"
+            " set_config('sealednotes.actor_role', %s, true),"
+            " set_config('sealednotes.request_id', %s, true),"
+            " set_config('sealednotes.client_addr', %s, true),"
+            " set_config('sealednotes.reason', %s, true)",
+            (principal_id or "", role, request_id or "", client_addr or "", reason or ""),
+        )
+
+    def try_lock_checkpointer(self) -> bool:
+        row = self._one("SELECT pg_try_advisory_xact_lock(%s, -1) AS ok", (AUDIT_LOCK_CLASS,))
+        return bool(row and row["ok"])
+
+    def audit_heads(self) -> dict[int, tuple[int, bytes]]:
+        # Every shard that exists, known or not: a checkpoint covers them all.
+        rows = self._all(
+            "WITH RECURSIVE s(shard) AS ("
+            "  (SELECT shard FROM audit_events ORDER BY shard LIMIT 1)"
+            "  UNION ALL SELECT (SELECT e.shard FROM audit_events e WHERE e.shard > s.shard"
+            "   ORDER BY e.shard LIMIT 1) FROM s WHERE s.shard IS NOT NULL) "
+            "SELECT s.shard, h.seq, h.hash FROM s CROSS JOIN LATERAL (SELECT seq, hash"
+            " FROM audit_events e WHERE e.shard = s.shard ORDER BY seq DESC LIMIT 1) h"
+            " WHERE s.shard IS NOT NULL"
+        )
+        return {int(r["shard"]): (int(r["seq"]), bytes(r["hash"])) for r in rows}
+
+    def last_checkpoint(self) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT id, created_at, total, payload, signature FROM audit_checkpoints "
+            "ORDER BY id DESC LIMIT 1"
+        )
+
+    def insert_checkpoint(
+        self, created_at: datetime, total: int, payload: str, signature: str
+    ) -> int:
+        row = self._one(
+            "INSERT INTO audit_checkpoints (created_at, total, payload, signature) "
+            "VALUES (%s, %s, %s, %s) RETURNING id",
+            (created_at, total, payload, signature),
+        )
+        assert row is not None
+        return int(row["id"])
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self._all(
+            "SELECT id, created_at, total, payload, signature FROM audit_checkpoints ORDER BY id"
+        )
+
+    def iter_audit_chain(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every record in (shard, seq) order, streamed with a server-side cursor."""
+        with self.conn.cursor(name="audit_chain_scan", row_factory=dict_row) as cur:
+            cur.itersize = batch
+            cur.execute(
+                "SELECT id, shard, seq, prev_hash, hash, at, tenant_id, principal_id, role,"
+                " patient_id, note_id, action, outcome, reason, request_id, client_addr"
+                " FROM audit_events ORDER BY shard, seq"
+            )
+            yield from cur
+
+    def audit_query(
+        self,
+        *,
+        tenant_id: str,
+        patient_id: str | None = None,
+        principal_id: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        where = ["tenant_id = %(tenant)s"]
+        if patient_id is not None:
+            # Asking for a patient's records must not tell whether it is a decoy.
+            where.append(
+                "NOT (action = 'patient.decoy'"
+                " OR (action LIKE 'approval.%%' AND reason LIKE 'decoy-clear %%'))"
+            )
+        params: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
+        for column, value in (
+            ("patient_id", patient_id),
+            ("principal_id", principal_id),
+            ("action", action),
+            ("outcome", outcome),
+        ):
+            if value is not None:
+                where.append(f"{column} = %({column})s")
+                params[column] = value
+        if since is not None:
+            where.append("at >= %(since)s")
+            params["since"] = since
+        if until is not None:
+            where.append("at < %(until)s")
+            params["until"] = until
+        if after_id is not None:
+            where.append("id > %(after)s")
+            params["after"] = after_id
+        return self._all(
+            "SELECT id, at, tenant_id, principal_id, role, patient_id, note_id, action, outcome,"
+            f" reason, request_id, client_addr FROM audit_events WHERE {' AND '.join(where)}"
+            " ORDER BY id LIMIT %(limit)s",
+            params,
+        )
+
+    def iter_audit_export(
+        self, *, since: datetime | None, tenant_id: str | None, batch: int = 5000
+    ) -> Iterator[dict[str, Any]]:
+        with self.conn.cursor(name="audit_export", row_factory=dict_row) as cur:
+            cur.itersize = batch
+            cur.execute(
+                "SELECT id, at, tenant_id, principal_id, role, patient_id, note_id, action,"
+                " outcome, reason, request_id, client_addr FROM audit_events"
+                " WHERE (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
+                " AND (%(tenant)s::uuid IS NULL OR tenant_id = %(tenant)s) ORDER BY at, id",
+                {"since": since, "tenant": tenant_id},
+            )
+            yield from cur
+
+    def count_audit_events(self, tenant_id: str) -> int:
+        row = self._one("SELECT count(*) AS n FROM audit_events WHERE tenant_id = %s", (tenant_id,))
+        assert row is not None
+        return int(row["n"])
+
+    def iter_unwrap_records(self, since: datetime | None) -> Iterator[dict[str, Any]]:
+        """The service's `key.unwrap` records (what caused each Vault unwrap)."""
+        with self.conn.cursor(name="audit_unwraps", row_factory=dict_row) as cur:
+            cur.itersize = 5000
+            cur.execute(
+                "SELECT at, tenant_id, patient_id, action, principal_id, request_id, reason"
+                " FROM audit_events WHERE action IN ('key.unwrap', 'key.create')"
+                " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s) ORDER BY at",
+                {"since": since},
+            )
+            yield from cur

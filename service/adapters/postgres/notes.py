@@ -1,0 +1,208 @@
+"""Notes, their sealed versions and idempotency keys."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from service.adapters.postgres.base import (
+    DAY,
+    NOTE_COLUMNS,
+    Repo,
+    _note,
+    _version,
+)
+from service.models import (
+    NoteRow,
+    NoteVersionRow,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NotesRepository(Repo):
+    def patient_versions_for_update(self, patient_id: str) -> list[tuple[NoteRow, NoteVersionRow]]:
+        rows = self._all(
+            "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
+            " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
+            " v.note_id, v.version, v.sealed, v.author_id, v.created_at AS v_created_at "
+            "FROM notes n JOIN note_versions v ON v.note_id = n.id WHERE n.patient_id = %s "
+            "ORDER BY n.id, v.version FOR UPDATE OF v",
+            (patient_id,),
+        )
+        out = []
+        for r in rows:
+            note = _note(r)
+            version = NoteVersionRow(
+                note_id=str(r["note_id"]),
+                version=r["version"],
+                sealed=bytes(r["sealed"]),
+                author_id=str(r["author_id"]),
+                created_at=r["v_created_at"],
+            )
+            out.append((note, version))
+        return out
+
+    def reseal_version(self, note_id: str, version: int, sealed: bytes) -> None:
+        self.conn.execute(
+            "UPDATE note_versions SET sealed = %s WHERE note_id = %s AND version = %s",
+            (sealed, note_id, version),
+        )
+
+    def insert_note(
+        self,
+        note_id: str,
+        tenant_id: str,
+        patient_id: str,
+        kind: str,
+        encounter_at: datetime | None,
+        author_id: str,
+        now: datetime,
+    ) -> NoteRow:
+        row = self._one(
+            "INSERT INTO notes (id, tenant_id, patient_id, kind, current_version, encounter_at,"
+            f" created_by, created_at, updated_at) VALUES (%s, %s, %s, %s, 1, %s, %s, %s, %s) "
+            f"RETURNING {NOTE_COLUMNS}",
+            (note_id, tenant_id, patient_id, kind, encounter_at, author_id, now, now),
+        )
+        assert row is not None
+        return _note(row)
+
+    def insert_note_version(
+        self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO note_versions (note_id, version, sealed, author_id, created_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (note_id, version, sealed, author_id, now),
+        )
+
+    def claim_idempotency_key(
+        self, principal_id: str, key: str, digest: bytes, note_id: str, now: datetime
+    ) -> tuple[str, bytes] | None:
+        """Claim `key` for a new note. None if claimed now; else the earlier
+        (note_id, digest). A concurrent claim waits for the other transaction."""
+        self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE principal_id = %s AND key = %s AND created_at < %s",
+            (principal_id, key, now - DAY),
+        )
+        row = self._one(
+            "INSERT INTO idempotency_keys (principal_id, key, request_digest, note_id,"
+            " created_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (principal_id, key)"
+            " DO NOTHING RETURNING note_id",
+            (principal_id, key, digest, note_id, now),
+        )
+        if row is not None:
+            return None
+        existing = self._one(
+            "SELECT note_id, request_digest FROM idempotency_keys "
+            "WHERE principal_id = %s AND key = %s",
+            (principal_id, key),
+        )
+        assert existing is not None
+        return str(existing["note_id"]), bytes(existing["request_digest"])
+
+    def note(self, tenant_id: str, note_id: str) -> NoteRow | None:
+        row = self._one(
+            f"SELECT {NOTE_COLUMNS} FROM notes WHERE tenant_id = %s AND id = %s",
+            (tenant_id, note_id),
+        )
+        return _note(row) if row else None
+
+    def notes_for_patient(
+        self,
+        patient_id: str,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[NoteRow]:
+        if after is None:
+            rows = self._all(
+                f"SELECT {NOTE_COLUMNS} FROM notes WHERE patient_id = %s "
+                "ORDER BY created_at, id LIMIT %s",
+                (patient_id, limit),
+            )
+        else:
+            rows = self._all(
+                f"SELECT {NOTE_COLUMNS} FROM notes WHERE patient_id = %s "
+                "AND (created_at, id) > (%s, %s) ORDER BY created_at, id LIMIT %s",
+                (patient_id, after[0], after[1], limit),
+            )
+        return [_note(r) for r in rows]
+
+    def bump_note_version(
+        self,
+        note_id: str,
+        expected_version: int,
+        kind: str,
+        encounter_at: datetime | None,
+        now: datetime,
+    ) -> NoteRow | None:
+        """Conditional update: None when the note moved past expected_version."""
+        row = self._one(
+            "UPDATE notes SET current_version = current_version + 1, kind = %s,"
+            " encounter_at = %s, updated_at = %s "
+            f"WHERE id = %s AND current_version = %s AND status = 'current' "
+            f"RETURNING {NOTE_COLUMNS}",
+            (kind, encounter_at, now, note_id, expected_version),
+        )
+        return _note(row) if row else None
+
+    def mark_entered_in_error(self, note_id: str, now: datetime) -> bool:
+        cur = self.conn.execute(
+            "UPDATE notes SET status = 'entered-in-error', updated_at = %s "
+            "WHERE id = %s AND status = 'current'",
+            (now, note_id),
+        )
+        return cur.rowcount == 1
+
+    def note_with_current_version(
+        self, tenant_id: str, note_id: str
+    ) -> tuple[NoteRow, NoteVersionRow | None] | None:
+        row = self._one(
+            "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
+            " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
+            " v.note_id, v.version, v.sealed, v.author_id, v.created_at AS v_created_at "
+            "FROM notes n LEFT JOIN note_versions v ON v.note_id = n.id"
+            " AND v.version = n.current_version WHERE n.tenant_id = %s AND n.id = %s",
+            (tenant_id, note_id),
+        )
+        if row is None:
+            return None
+        version = (
+            NoteVersionRow(
+                note_id=str(row["note_id"]),
+                version=row["version"],
+                sealed=bytes(row["sealed"]),
+                author_id=str(row["author_id"]),
+                created_at=row["v_created_at"],
+            )
+            if row["note_id"] is not None
+            else None
+        )
+        return _note(row), version
+
+    def note_version(self, note_id: str, version: int) -> NoteVersionRow | None:
+        row = self._one(
+            "SELECT note_id, version, sealed, author_id, created_at FROM note_versions "
+            "WHERE note_id = %s AND version = %s",
+            (note_id, version),
+        )
+        return _version(row) if row else None
+
+    def current_versions(self, note_ids: list[str]) -> dict[str, NoteVersionRow]:
+        rows = self._all(
+            "SELECT v.note_id, v.version, v.sealed, v.author_id, v.created_at FROM notes n "
+            "JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version "
+            "WHERE n.id = ANY(%s)",
+            (note_ids,),
+        )
+        return {str(r["note_id"]): _version(r) for r in rows}
+
+    def note_versions(self, note_id: str) -> list[NoteVersionRow]:
+        rows = self._all(
+            "SELECT note_id, version, sealed, author_id, created_at FROM note_versions "
+            "WHERE note_id = %s ORDER BY version",
+            (note_id,),
+        )
+        return [_version(r) for r in rows]

@@ -1,0 +1,152 @@
+"""PostgreSQL: the only package that speaks SQL.
+
+A `Store` owns a psycopg connection pool, opened lazily in the process that uses it
+(so gunicorn workers each open their own after fork). Use cases run inside
+`store.transaction()`, which yields a `UnitOfWork` with one repository per aggregate.
+Database failures are translated into `DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from service import deadline
+from service.adapters.postgres import schema
+from service.adapters.postgres.base import IDLE_CHECK_SECONDS
+from service.adapters.postgres.uow import UnitOfWork
+from service.errors import DatabaseUnavailable, ServiceError
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 2.0,
+    ) -> None:
+        self._conninfo = conninfo
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return "Store(<conninfo hidden>)"
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        statement_ms = int(self._timeout * 1000)
+        return {
+            "row_factory": dict_row,
+            "connect_timeout": max(1, int(self._timeout)),
+            "options": f"-c statement_timeout={statement_ms} "
+            f"-c lock_timeout={statement_ms} "
+            f"-c idle_in_transaction_session_timeout={statement_ms * 5}",
+            "application_name": "sealednotes",
+        }
+
+    def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = psycopg_pool.ConnectionPool(
+                    self._conninfo,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._timeout,
+                    kwargs=self._connect_kwargs(),
+                    check=self._check_if_idle,
+                    reset=self._mark_returned,
+                    open=False,
+                    name="sealednotes",
+                )
+                self._pool.open(wait=False)
+                self._pid = os.getpid()
+            return self._pool
+
+    def _mark_returned(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        # A connection used moments ago is healthy enough to try; one that sat idle
+        # (perhaps across a database restart) is checked before it is handed out.
+        # A broken busy connection still fails its query, answers 503, and is
+        # discarded by the pool.
+        if time.monotonic() - self._returned_at.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+            psycopg_pool.ConnectionPool.check_connection(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[UnitOfWork]:
+        """One transaction: committed at the end of the block, rolled back on error
+        (unless the use case called `tx.commit()` first, e.g. to keep a denial)."""
+        with self._connection() as conn:
+            yield UnitOfWork(conn)
+
+    @contextmanager
+    def autocommit(self) -> Iterator[UnitOfWork]:
+        """For a single read-only statement: one round trip, no BEGIN/COMMIT."""
+        with self._connection() as conn:
+            conn.autocommit = True
+            try:
+                yield UnitOfWork(conn)
+            finally:
+                conn.autocommit = False
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        deadline.check()
+        try:
+            with self.pool().connection() as conn:
+                yield conn
+        except ServiceError:
+            raise
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            log.warning("database unavailable: %s", type(e).__name__)
+            raise DatabaseUnavailable() from e
+        except psycopg.errors.QueryCanceled as e:
+            log.warning("database statement timed out")
+            raise DatabaseUnavailable() from e
+
+    # -- schema --------------------------------------------------------------------
+
+    def migrate(
+        self,
+        app_role: str | None = None,
+        *,
+        default_tenant_cap: int = 1000,
+        maintenance_role: str | None = None,
+        up_to: int | None = None,
+    ) -> list[int]:
+        """Apply pending migrations in order (service/adapters/postgres/schema.py)."""
+        return schema.migrate(
+            self._conninfo,
+            app_role=app_role,
+            default_tenant_cap=default_tenant_cap,
+            maintenance_role=maintenance_role,
+            up_to=up_to,
+        )
