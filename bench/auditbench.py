@@ -33,8 +33,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from bench.stack import Stack
-from service import auditchain
 from service.adapters.postgres import UnitOfWork
+from service.audit import chain as auditchain
 from service.models import AuditEvent
 
 PLAIN_SCHEMA = """

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from crypto import key_context, note_aad, open_sealed, seal
-from service.vault import VaultKeyService
+from service.adapters.vault import VaultKeyService
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ import psycopg
 
 from bench.seed import Dataset, bench_settings
 from bench.stack import Stack
+from service.access.authentication import authenticate
 from service.app import build_services
-from service.audit import Caller
-from service.auth import authenticate
-from service.notes import NoteContent
+from service.audit.service import Caller
+from service.notes.service import NoteContent
 
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\t[FB]\t")
 _LINE = re.compile(r"^(\S+ \S+)\t([FB])\t\d+\t(\w+)(?:\t(.*))?$")

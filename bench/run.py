@@ -54,7 +54,7 @@ from bench.stack import (
     peer_server,
     sealednotes_server,
 )
-from service.vault import VaultKeyService
+from service.adapters.vault import VaultKeyService
 
 CASES = ("read", "create", "audit", "micro", "trace")
 MAX_WARMUP_SLICES = 5

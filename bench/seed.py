@@ -26,12 +26,12 @@ import psycopg
 from bench.loadgen import HttpRequest
 from bench.peers import SCHEMA, TRANSIT_KEY, TRANSIT_MOUNT, encode_content, transit_context
 from bench.stack import Stack
+from service.access.authentication import authenticate
 from service.app import build_services
-from service.audit import Caller
-from service.auth import authenticate
+from service.audit.service import Caller
 from service.config import Budgets, Settings
 from service.models import Role
-from service.notes import NoteContent
+from service.notes.service import NoteContent
 
 TENANT = "bench"
 BIG_BUDGET = 1_000_000

@@ -28,7 +28,8 @@ from psycopg import sql
 
 from bench.cpu import parent_pid
 from service.adapters.postgres import Store
-from service.devstack import (
+from service.adapters.vault import VaultKeyService
+from service.devtools.stack import (
     BaoServer,
     EmbeddedPostgres,
     database_url,
@@ -36,7 +37,6 @@ from service.devstack import (
     free_port,
     url_with_user,
 )
-from service.vault import VaultKeyService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_ENV = "SEALEDNOTES_BENCH_DATABASE_URL"

@@ -20,26 +20,26 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import deadline
+from service.access.approvals import ApprovalsService
+from service.access.gate import KeyReleaseGate
+from service.access.idp import IdentityService
+from service.access.keycache import KeyCache
+from service.access.limits import ActionLimiter
+from service.access.smart import SmartService
+from service.adapters.alerts import Alerter
 from service.adapters.postgres import Store
-from service.alerts import Alerter
-from service.approvals import ApprovalsService
-from service.audit import AuditCheckpointer, AuditLog, AuditService
+from service.adapters.vault import VaultKeyService
+from service.audit.service import AuditCheckpointer, AuditLog, AuditService
 from service.clock import Clock, SystemClock
 from service.config import Settings
 from service.errors import Overloaded, ServiceError
-from service.idp import IdentityService
-from service.keycache import KeyCache
-from service.keyops import KeyOperations
-from service.keyrelease import KeyReleaseGate
-from service.limits import ActionLimiter
+from service.keys.operations import KeyOperations
 from service.logs import request_id_var
 from service.metrics import Metrics
-from service.notes import NotesService
-from service.patients import PatientsService
-from service.principals import PrincipalsService
+from service.notes.service import NotesService
+from service.patients.service import PatientsService
+from service.principals.service import PrincipalsService
 from service.problems import problem_response
-from service.smart import SmartService
-from service.vault import VaultKeyService
 
 log = logging.getLogger("sealednotes")
 
@@ -192,7 +192,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sealednotes"] = services
 
-    from service.api import admin, audit, fhir, health, me, notes, oauth, patients
+    from service.http import admin, audit, fhir, health, me, notes, oauth, patients
 
     for bp in (health.bp, me.bp, patients.bp, notes.bp, admin.bp, audit.bp):
         app.register_blueprint(bp)

@@ -123,7 +123,7 @@ class Settings:
     vault_wrapped_secret_id: str | None = field(default=None, repr=False)
     vault_mount: str = "transit"
     # Vault's unwrap quota per tenant = the tenant's hourly release cap x this, per
-    # hour, enforced in three-minute windows (service/principals.py).
+    # hour, enforced in three-minute windows (service/principals/service.py).
     vault_unwrap_headroom: float = 10.0
     vault_timeout: float = 2.0
     db_timeout: float = 2.0

@@ -122,7 +122,7 @@ class BudgetUsage:
 
 @dataclass(frozen=True, slots=True)
 class Approval:
-    """A weakening admin action waiting for a second admin (service/approvals.py)."""
+    """A weakening admin action waiting for a second admin (service/access/approvals.py)."""
 
     id: str
     tenant_id: str

@@ -73,7 +73,7 @@ class StrictBoolean(fields.Boolean):
 
 
 def _external_id_not_blank(value: str) -> None:
-    from service.patients import normalize_external_id
+    from service.patients.service import normalize_external_id
 
     if not normalize_external_id(value):
         raise ValidationError("Must not be blank.")

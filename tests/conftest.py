@@ -27,10 +27,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.adapters.postgres import Store
+from service.adapters.vault import VaultKeyService
 from service.app import create_app
 from service.clock import Clock
 from service.config import Budgets, Settings
-from service.devstack import (
+from service.devtools.stack import (
     BaoServer,
     EmbeddedPostgres,
     database_url,
@@ -39,7 +40,6 @@ from service.devstack import (
     url_with_user,
 )
 from service.logs import RedactingJsonFormatter
-from service.vault import VaultKeyService
 from tests.helpers import Api, StackHelper
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="sealednotes-xdg-"))

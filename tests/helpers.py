@@ -136,7 +136,7 @@ def seed_patients(
     from datetime import UTC, datetime
 
     from crypto import key_context, note_aad, seal
-    from service.vault import dek_key_name, parse_key_version
+    from service.adapters.vault import dek_key_name, parse_key_version
 
     svc = stack.services
     now = datetime.now(UTC)

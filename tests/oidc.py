@@ -20,7 +20,7 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from service.devstack import BaoServer
+from service.devtools.stack import BaoServer
 
 KEY = "sealednotes-test"
 AUDIENCE = "sealednotes-ehr"

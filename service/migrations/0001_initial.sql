@@ -122,7 +122,7 @@ CREATE TABLE release_denials (
 CREATE INDEX release_denials_principal ON release_denials (principal_id, denied_at);
 
 -- Access records. No note content and no external identifiers, by construction.
--- Tamper evidence (see service/auditchain.py): each record is in one of 16 hash
+-- Tamper evidence (see service/audit/chain.py): each record is in one of 16 hash
 -- chains (shard), numbered without gaps (seq), and hashes its predecessor.
 CREATE TABLE audit_events (
     id            bigserial PRIMARY KEY,

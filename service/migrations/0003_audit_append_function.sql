@@ -1,6 +1,6 @@
 -- Append an audit record in one round trip: pick a shard, take its lock, read its
 -- head, chain and insert, all server-side. The caller supplies the canonical
--- encoding of the record's fields (service/auditchain.py); the function binds it
+-- encoding of the record's fields (service/audit/chain.py); the function binds it
 -- to the chain:
 --     hash = sha256(prev_hash || int4(shard) || int8(seq) || canonical)
 -- Shard choice: the shard this transaction already holds, else the first free one

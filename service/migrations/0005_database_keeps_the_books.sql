@@ -3,7 +3,7 @@
 -- The service's own role (SQL injection, a leaked password, a compromised worker)
 -- must not be able to reset budgets, grant itself access or forge the log unseen:
 --   * the ledgers (key_releases, release_denials, break_glass) are append-only for
---     it (grants, service/store.py `_grant_app_role`); a release row carries the
+--     it (grants, service/adapters/postgres/ `_grant_app_role`); a release row carries the
 --     database's time and is refused past the tenant's hourly cap, whoever inserts it;
 --   * every change of access rights (tokens, care teams, principals, decoy flags,
 --     shredding, break-glass, tenants) is written to the audit log by a trigger,
@@ -55,7 +55,7 @@ BEGIN
     NEW.recorded_at := clock_timestamp();
     -- A release dated far ahead would keep a patient "already released" for ever.
     NEW.released_at := least(NEW.released_at, NEW.recorded_at + interval '5 minutes');
-    -- The same lock the gate takes (service/store.py lock_tenant_budget).
+    -- The same lock the gate takes (service/adapters/postgres/ lock_tenant_budget).
     PERFORM pg_advisory_xact_lock(
         hashtextextended('sealednotes-tenant-budget:' || v_tenant::text, 0));
     SELECT release_per_hour INTO v_cap FROM tenants WHERE id = v_tenant;
@@ -95,7 +95,7 @@ CREATE TRIGGER break_glass_append_only BEFORE UPDATE OR DELETE ON break_glass
 ALTER TABLE audit_events ADD CONSTRAINT audit_events_known_shard
     CHECK (shard BETWEEN 0 AND 15) NOT VALID;
 
--- The canonical encoding of a record, byte for byte what service/auditchain.py
+-- The canonical encoding of a record, byte for byte what service/audit/chain.py
 -- `canonical` produces: a compact JSON array of the time (UTC, microseconds) and
 -- the fields as strings or null.
 CREATE FUNCTION sealednotes_audit_canonical(
@@ -135,8 +135,8 @@ CREATE FUNCTION sealednotes_audit_append(
 ) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
-    c_lock_class constant integer := 23969;  -- 0x5EA1, service/store.py AUDIT_LOCK_CLASS
-    c_shards constant integer := 16;         -- service/auditchain.py SHARDS
+    c_lock_class constant integer := 23969;  -- 0x5EA1, service/adapters/postgres/ AUDIT_LOCK_CLASS
+    c_shards constant integer := 16;         -- service/audit/chain.py SHARDS
     v_pref integer := ((coalesce(p_shard, 0) % c_shards) + c_shards) % c_shards;
     v_held text := current_setting('sealednotes.audit_shard', true);
     v_shard integer;
@@ -190,7 +190,7 @@ REVOKE ALL ON FUNCTION sealednotes_audit_canonical(
 -- -- rights changes, audited by the database itself -------------------------------------
 
 -- Who made a change: the service names the acting principal for the transaction
--- (service/store.py `set_actor`); a change made without it (direct SQL) is still
+-- (service/adapters/postgres/ `set_actor`); a change made without it (direct SQL) is still
 -- recorded, as unattributed, with the database user.
 CREATE FUNCTION sealednotes_audit_change(
     p_tenant uuid, p_patient uuid, p_action text, p_reason text

@@ -1,4 +1,4 @@
--- Identity providers and SMART Backend Services clients (service/idp.py, service/smart.py).
+-- Identity providers and SMART Backend Services clients (service/access/idp.py, service/access/smart.py).
 --
 -- A tenant may trust one OpenID Connect / OAuth 2 issuer: JWT access tokens it signs are
 -- accepted as bearer tokens, and the subject they name is mapped to a principals row, so a

@@ -45,7 +45,7 @@
 # the parameter rules below make unusable.
 # DELETE is not granted here, so deleting a sealednotes key is refused for
 # ops. Keys are also created with deletion_allowed=false (the Transit
-# default, never changed by service/vault.py), so even a root token cannot
+# default, never changed by service/adapters/vault.py), so even a root token cannot
 # delete them without first reconfiguring the key.
 path "transit/keys/sealednotes-*" {
   capabilities = ["create", "update", "read"]

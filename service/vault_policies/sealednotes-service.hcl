@@ -9,7 +9,7 @@
 # stealing the service's credentials: Vault's unwrap quota bounds it, and
 # Vault's audit device records every unwrap (`sealednotes audit reconcile`).
 #
-# Key names (service/vault.py):
+# Key names (service/adapters/vault.py):
 #   sealednotes-dek-<tenant_id>    aes256-gcm96, derived=true: wraps patient data keys
 #   sealednotes-index-<tenant_id>  used only through HMAC: blind index of patient identifiers
 #   sealednotes-audit              ed25519: signs audit-log checkpoints

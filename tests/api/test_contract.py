@@ -436,7 +436,7 @@ ROLE_FOR: dict[str, str] = {
     "verifyAuditLog": "auditor",
 }
 CONTENT_OPERATIONS = {"readNote", "listNotes", "listNoteVersions"}
-# Every role has hourly limits (service/limits.py): these answer 429 past them.
+# Every role has hourly limits (service/access/limits.py): these answer 429 past them.
 LIMITED_OPERATIONS = {
     "breakGlass",
     "createPatient",
@@ -1702,7 +1702,7 @@ def test_bug_lone_surrogate_in_note_is_not_a_500(checked: Checked, world: World)
         (422,),
         (
             "A note body with a lone UTF-16 surrogate escape is valid JSON, but "
-            "service/notes.py:52 `_encode` calls .encode('utf-8'), which raises UnicodeEncodeError "
+            "notes `_encode` calls .encode('utf-8'), which raises UnicodeEncodeError "
             "(unhandled: 500). Fix: reject strings that are not encodable as UTF-8 in "
             "service/schemas.py (a validator on every String field), so the client gets a 422."
         ),
@@ -1726,7 +1726,7 @@ def test_bug_lone_surrogate_in_external_id_is_not_a_500(checked: Checked, world:
         r,
         (422,),
         (
-            "service/vault.py:221 blind_index calls value.encode('utf-8') on an external_id with a "
+            "the Vault adapter's blind_index calls value.encode('utf-8') on an external_id with a "
             "lone surrogate: UnicodeEncodeError (unhandled: 500). Fix: the same UTF-8 validator on "
             "PatientCreate.external_id in service/schemas.py."
         ),
@@ -1818,7 +1818,7 @@ def test_bug_break_glass_disabled_is_not_a_500(make_app: AppFactory, contract: C
         (
             "config.py accepts SEALEDNOTES_BREAK_GLASS_PER_DAY=0 (minimum=0), but then every "
             "break-glass computes Retry-After from `opened[0]` of an empty list in "
-            "service/patients.py:206 (IndexError, unhandled: 500). Fix: when nothing was opened, "
+            "break_glass (IndexError, unhandled: 500). Fix: when nothing was opened, "
             "raise Forbidden('Break-glass is disabled') or use retry_after=86400."
         ),
     )
@@ -1875,7 +1875,7 @@ def test_bug_blank_external_id_is_rejected(checked: Checked, world: World) -> No
         (422,),
         (
             "The length check (service/schemas.py:32) runs before normalize_external_id "
-            "(service/patients.py:20) trims the value to '', so a patient is registered under the "
+            "(patients) trims the value to '', so a patient is registered under the "
             "blind index of the empty string and every other blank identifier then collides with "
             "it (409). Fix: validate the normalized value (non-empty after NFKC + strip) in "
             "PatientCreate and in GET /v1/patients?external_id=."

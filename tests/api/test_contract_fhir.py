@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from service.access.smart import ASSERTION_TYPE
 from service.cli import main as cli
-from service.fhir_resources import LOINC
+from service.fhir.resources import LOINC
 from service.models import Role
-from service.smart import ASSERTION_TYPE
 from tests.api.test_contract import (
     EHR_PREFIXES,
     EHR_PUBLIC,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.devstack import bao_binary
+from service.devtools.stack import bao_binary
 from tests.drills.common import need, run, stop_process, wait_for
 from tests.drills.netns import Host, Network
 from tests.drills.pg import PgNode

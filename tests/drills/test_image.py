@@ -18,7 +18,13 @@ import psycopg
 import pytest
 import requests
 
-from service.devstack import BaoServer, database_url, ensure_database, free_port, url_with_user
+from service.devtools.stack import (
+    BaoServer,
+    database_url,
+    ensure_database,
+    free_port,
+    url_with_user,
+)
 from tests.drills import image
 from tests.drills.common import record, require_root, run, stop_process, wait_for
 from tests.drills.pg import PgNode

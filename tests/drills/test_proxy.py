@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.devstack import free_port
+from service.devtools.stack import free_port
 from service.models import Role
 from tests.conftest import LiveServer
 from tests.drills.common import percentile, record, require_root, wait_for

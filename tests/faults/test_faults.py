@@ -26,9 +26,10 @@ import requests
 from flask import Flask
 
 from service.adapters.postgres import Store
+from service.adapters.vault import VaultKeyService
 from service.app import create_app
 from service.config import Settings
-from service.devstack import (
+from service.devtools.stack import (
     BaoServer,
     EmbeddedPostgres,
     database_url,
@@ -36,7 +37,6 @@ from service.devstack import (
     free_port,
     url_with_user,
 )
-from service.vault import VaultKeyService
 from tests.conftest import CANARY, LOG_LINES
 from tests.helpers import Api, StackHelper
 

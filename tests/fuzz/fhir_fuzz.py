@@ -17,8 +17,8 @@ from typing import Any
 
 from schemathesis.core.parameters import ParameterLocation
 
+from service.access.smart import ASSERTION_TYPE
 from service.models import Role
-from service.smart import ASSERTION_TYPE
 from tests.oidc import ec_key, public_jwks, signed
 
 FHIR_OPERATION_ROLES: dict[str, Role | None] = {

@@ -18,7 +18,7 @@ import hvac
 import psycopg
 
 from crypto import key_context, note_aad, open_sealed, seal
-from service.vault import dek_key_name, parse_key_version
+from service.adapters.vault import dek_key_name, parse_key_version
 
 
 def b64(data: bytes) -> str:

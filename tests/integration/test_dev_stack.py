@@ -18,8 +18,8 @@ import hvac.exceptions
 import pytest
 import requests
 
-from service.devstack import free_port
-from service.vault import SERVICE_ROLE, dek_key_name
+from service.adapters.vault import SERVICE_ROLE, dek_key_name
+from service.devtools.stack import free_port
 
 
 class DevStack:

@@ -17,7 +17,7 @@ from fhirclient.models.fhirelementfactory import FHIRElementFactory
 from fhirclient.server import FHIRServer
 from werkzeug.test import TestResponse
 
-from service.fhir_resources import KIND_CODES, LOINC
+from service.fhir.resources import KIND_CODES, LOINC
 from service.models import Role
 from tests.conftest import LiveServer
 from tests.helpers import Api, StackHelper, Who

@@ -24,7 +24,7 @@ from flask import Flask
 from service.cli import main as cli
 from service.clock import ManualClock
 from service.config import IdpSettings, Settings
-from service.devstack import BaoServer
+from service.devtools.stack import BaoServer
 from service.models import Role
 from tests.conftest import LOG_LINES, AppFactory
 from tests.helpers import Api, StackHelper, Tenant, Who, seed_patients

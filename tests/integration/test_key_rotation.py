@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 
+from service.adapters.vault import dek_key_name
 from service.cli import main as cli
-from service.devstack import BaoServer
+from service.devtools.stack import BaoServer
 from service.models import Role
-from service.vault import dek_key_name
 from tests.helpers import Api, StackHelper, seed_patients
 from tests.integration.bulk import bulk_seed, decrypt_everything, key_versions
 
@@ -170,7 +170,7 @@ def maintenance_run(db_url: str) -> int:
     from click.testing import CliRunner
 
     from service.cli import main as cli
-    from service.devstack import url_with_user
+    from service.devtools.stack import url_with_user
     from tests.conftest import MAINTENANCE_ROLE
 
     out = CliRunner().invoke(

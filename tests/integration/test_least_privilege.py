@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 
+from service.adapters.vault import VaultKeyService, dek_key_name
 from service.cli import main as cli
-from service.devstack import BaoServer
-from service.vault import VaultKeyService, dek_key_name
+from service.devtools.stack import BaoServer
 from tests.conftest import AppFactory
 from tests.helpers import Api, StackHelper
 
@@ -94,7 +94,7 @@ def test_short_lived_tokens_are_renewed_and_replaced(
     t = stack.tenant()
     dr = stack.clinician(t)
     pid = stack.patient_for(t, dr)
-    caplog.set_level(logging.INFO, logger="service.vault")
+    caplog.set_level(logging.INFO, logger="service.adapters.vault")
     service_app = make_app(
         vault_token=None, vault_role_id=role_id, vault_secret_id=secret_id, key_cache_ttl=0.5
     )
@@ -111,6 +111,6 @@ def test_short_lived_tokens_are_renewed_and_replaced(
         time.sleep(0.25)
     assert set(statuses) == {200, 201}, statuses
     assert len(tokens) >= 3  # the 6 s max TTL forced new logins, again and again
-    messages = [r.getMessage() for r in caplog.records if r.name == "service.vault"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "service.adapters.vault"]
     assert "vault token renewed" in messages  # renewed before expiry...
     assert any(m.startswith("vault token renewal failed") for m in messages)  # ...then re-login

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from service import auditchain
 from service.adapters.postgres import AUDIT_LOCK_CLASS, Store
-from service.devstack import database_url, ensure_database, url_with_user
+from service.audit import chain as auditchain
+from service.devtools.stack import database_url, ensure_database, url_with_user
 
 UPGRADE_APP_ROLE = "sealednotes_app_upgrade"
 

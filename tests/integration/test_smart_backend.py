@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from flask import Flask
 from jwt.algorithms import ECAlgorithm
 
+from service.access.smart import ASSERTION_TYPE
 from service.cli import main as cli
 from service.clock import ManualClock
-from service.smart import ASSERTION_TYPE
 from tests.conftest import AppFactory
 from tests.helpers import Api, StackHelper
 from tests.integration.test_idp_tokens import cli_env

@@ -25,11 +25,11 @@ from click.testing import CliRunner
 from flask import Flask
 
 from crypto import key_context
+from service.adapters.vault import SERVICE_ROLE, VaultKeyService, dek_key_name
 from service.cli import main as cli
 from service.cli import vault_bootstrap
 from service.config import Budgets
-from service.devstack import BaoServer
-from service.vault import SERVICE_ROLE, VaultKeyService, dek_key_name
+from service.devtools.stack import BaoServer
 from tests.conftest import AppFactory
 from tests.helpers import Api, StackHelper, Tenant, Who, seed_patients
 

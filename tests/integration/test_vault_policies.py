@@ -21,14 +21,14 @@ import hvac.exceptions
 import pytest
 
 from crypto import DecryptionError, WrappedKey, key_context
-from service.devstack import BaoServer
-from service.vault import (
+from service.adapters.vault import (
     AUDIT_SIGNING_KEY,
     VaultKeyService,
     dek_key_name,
     index_key_name,
     parse_key_version,
 )
+from service.devtools.stack import BaoServer
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "vault"
 SERVICE_POLICY = "sealednotes-service"

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fhirclient.models.auditevent import AuditEvent
 from flask import Flask
 
-from service import auditchain
+from service.audit import chain as auditchain
 from service.cli import main as cli
 from service.config import Settings
 from service.models import Role

@@ -343,7 +343,7 @@ def test_replayed_attack_releases_at_most_the_tenant_cap_and_leaves_every_change
 def test_pruning_is_for_the_maintenance_role_only_and_audited(
     world: dict[str, Any], app: Flask, api: Api, db_url: str, app_db_url: str
 ) -> None:
-    from service.devstack import url_with_user
+    from service.devtools.stack import url_with_user
 
     maintenance_url = url_with_user(db_url, MAINTENANCE_ROLE)
     run = CliRunner().invoke(
@@ -406,7 +406,7 @@ def test_the_database_encodes_records_exactly_as_the_verifier(
 ) -> None:
     """The append function computes the canonical encoding in SQL; `audit verify`
     recomputes it in Python. They must agree byte for byte, whatever a field holds."""
-    from service import auditchain
+    from service.audit import chain as auditchain
 
     at = datetime(2026, 11, 30, 18, 45, 1, 234567, tzinfo=UTC)
     fields = {

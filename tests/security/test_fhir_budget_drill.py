@@ -13,7 +13,7 @@ import hvac
 import psycopg
 from flask import Flask
 
-from service.devstack import BaoServer
+from service.devtools.stack import BaoServer
 from tests.helpers import Api, StackHelper
 from tests.integration.bulk import bulk_seed
 from tests.security.test_key_release_budget import audited_request_ids

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from service.devstack import pg_bin
+from service.devtools.stack import pg_bin
 from tests.helpers import Api, StackHelper
 
 

@@ -7,8 +7,8 @@ import hvac.exceptions
 import pytest
 from flask import Flask
 
-from service.devstack import BaoServer, free_port
-from service.vault import dek_key_name, index_key_name
+from service.adapters.vault import dek_key_name, index_key_name
+from service.devtools.stack import BaoServer, free_port
 from tests.conftest import AppFactory
 from tests.helpers import Api, StackHelper
 

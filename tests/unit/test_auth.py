@@ -7,7 +7,13 @@ import re
 
 import pytest
 
-from service.auth import MAX_TOKEN_LENGTH, TOKEN_PREFIX, hash_token, new_token, parse_bearer
+from service.access.authentication import (
+    MAX_TOKEN_LENGTH,
+    TOKEN_PREFIX,
+    hash_token,
+    new_token,
+    parse_bearer,
+)
 from service.errors import Unauthorized
 
 # -- parse_bearer ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
-from service.jwtverify import (
+from service.access.jwtverify import (
     JwksCache,
     KeysUnavailable,
     TokenRejected,

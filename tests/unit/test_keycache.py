@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.keycache import KeyCache, cache_key
+from service.access.keycache import KeyCache, cache_key
 
 WRAPPED = "vault:v1:d3JhcHBlZC1rZXktMQ=="
 KEY_A = cache_key("tenant-1", "patient-a", 1, WRAPPED)

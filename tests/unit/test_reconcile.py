@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from crypto import key_context, parse_key_context
-from service.reconcile import ServiceUnwrap, read_vault_unwraps, reconcile
+from service.audit.reconcile import ServiceUnwrap, read_vault_unwraps, reconcile
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 TENANT = "3f1c2b8e-0000-4000-8000-000000000001"

@@ -1,11 +1,11 @@
-"""Unit tests for service.vault.parse_key_version (pure string parsing, no Vault)."""
+"""Unit tests for service.adapters.vault.parse_key_version (pure string parsing, no Vault)."""
 
 from __future__ import annotations
 
 import pytest
 
 from crypto import DecryptionError
-from service.vault import parse_key_version
+from service.adapters.vault import parse_key_version
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ import psycopg
 import psycopg.errors
 from psycopg.rows import dict_row
 
-from service import auditchain
 from service.adapters.postgres.base import (
     AUDIT_LOCK_CLASS,
     Repo,
 )
+from service.audit import chain as auditchain
 from service.errors import (
     AuditUnavailable,
 )

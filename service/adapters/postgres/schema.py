@@ -93,7 +93,7 @@ APP_GRANTS: dict[str, tuple[str, ...]] = {
     "audit_events": ("SELECT",),
     "audit_checkpoints": ("SELECT", "INSERT"),
     "schema_migrations": ("SELECT",),
-    # Identity providers and SMART clients (migration 0020; SQL in service/store_idp.py).
+    # Identity providers and SMART clients (migration 0020; SQL in adapters/postgres/idp.py).
     # Changes to the first three are access-rights changes, audited by triggers (0021).
     "tenant_idps": (
         "SELECT",

@@ -1,0 +1,540 @@
+"""The key-release gate: the one place where a patient's data key leaves Vault.
+
+Every path that returns note content goes through `KeyReleaseGate.release`:
+
+    identity -> not suspended -> care team or break-glass -> decoy trap
+             -> budget -> unwrap (or cache) -> audit record
+
+and decrypts only after the transaction carrying the audit record commits.
+Writes go through `KeyReleaseGate.key_for_write`: same identity, access and
+decoy checks, audited, but no charge against the distinct-patient budget
+(a write returns no content).
+
+Budgets are counted in PostgreSQL (`key_releases`), so every worker and replica
+shares them. A release of a patient already released to the same principal
+within the last hour is free. New releases take a row lock on the principal and
+an advisory lock on the tenant's budget, so concurrent requests cannot
+over-release.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from crypto import DecryptionError, WrappedKey, key_context
+from crypto.keywrap import KeyWrapper
+from service.access.keycache import KeyCache, cache_key
+from service.adapters.alerts import Alerter
+from service.adapters.postgres import DAY, HOUR, UnitOfWork
+from service.audit.service import AuditLog, Caller
+from service.clock import Clock
+from service.config import Budgets
+from service.errors import (
+    AccountSuspended,
+    BudgetExceeded,
+    Gone,
+    IntegrityFailure,
+    KeyServiceThrottled,
+    NotFound,
+    TenantCapReached,
+)
+from service.metrics import Metrics
+from service.models import BudgetUsage, GateSnapshot, Patient, Principal
+
+log = logging.getLogger(__name__)
+TENANT_INCIDENT_EVERY = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """What the RateLimit-* headers and /v1/me report (hourly window)."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int
+    day_limit: int
+    day_remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    key: bytes | None  # None: the patient has no data key yet (no notes)
+    patient: Patient
+    via: str  # "care-team" | "break-glass"
+    budget: BudgetStatus
+
+    def __repr__(self) -> str:  # never print key material
+        return f"Release(patient={self.patient.id!r}, via={self.via!r})"
+
+
+def _seconds_until(when: datetime | None, now: datetime) -> int:
+    if when is None:
+        return 1
+    return max(1, math.ceil((when - now).total_seconds()))
+
+
+class KeyReleaseGate:
+    def __init__(
+        self,
+        *,
+        keys: KeyWrapper,
+        cache: KeyCache,
+        audit: AuditLog,
+        alerts: Alerter,
+        metrics: Metrics,
+        budgets: Budgets,
+        clock: Clock,
+    ) -> None:
+        self._keys = keys
+        self._cache = cache
+        self._audit = audit
+        self._alerts = alerts
+        self._metrics = metrics
+        self._budgets = budgets
+        self._clock = clock
+        self._incidents: dict[str, datetime] = {}
+
+    # -- limits ----------------------------------------------------------------------
+
+    def limits_for(self, principal: Principal) -> tuple[int, int]:
+        return (
+            principal.release_per_hour or self._budgets.per_hour,
+            principal.release_per_day or self._budgets.per_day,
+        )
+
+    def budget_status(
+        self, principal: Principal, usage: BudgetUsage, now: datetime
+    ) -> BudgetStatus:
+        per_hour, per_day = self.limits_for(principal)
+        reset = _seconds_until(usage.hour_oldest + HOUR, now) if usage.hour_oldest else 0
+        return BudgetStatus(
+            limit=per_hour,
+            remaining=max(0, per_hour - usage.hour),
+            reset_seconds=reset,
+            day_limit=per_day,
+            day_remaining=max(0, per_day - usage.day),
+        )
+
+    # -- shared checks ------------------------------------------------------------------
+
+    def _deny_and_commit(self, tx: UnitOfWork, exc: Exception) -> None:
+        # Denials must be recorded even though the request fails.
+        tx.commit()
+        raise exc
+
+    def _suspend(
+        self, tx: UnitOfWork, caller: Caller, now: datetime, *, cause: str, patient_id: str | None
+    ) -> None:
+        p = caller.principal
+        # The database records the suspension itself (a trigger on principals).
+        self._audit.attribute(tx, caller)
+        if tx.principals.suspend_principal(p.id, cause, now):
+            self._metrics.suspensions.labels(cause=cause).inc()
+            self._alerts.emit(
+                "principal-suspended",
+                cause=cause,
+                tenant_id=p.tenant_id,
+                principal_id=p.id,
+                patient_id=patient_id,
+            )
+
+    def _access(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient_id: str,
+        now: datetime,
+        *,
+        action: str,
+        note_id: str | None,
+    ) -> tuple[Patient, str, GateSnapshot]:
+        """Identity, suspension, object access and the decoy trap (one read)."""
+        p = caller.principal
+        snap = tx.ledger.gate_snapshot(p.id, p.tenant_id, patient_id, now)
+        if not snap.principal_found or snap.suspended:
+            raise AccountSuspended()
+        patient, care, glass = snap.patient, snap.on_care_team, snap.break_glass
+        if patient is None or not (care or glass):
+            # A forbidden patient and a nonexistent one look the same to the caller.
+            self._audit.record(
+                tx,
+                action=action,
+                outcome="denied",
+                caller=caller,
+                patient_id=patient_id if patient else None,
+                note_id=note_id,
+                reason="not-on-care-team" if patient else "no-such-patient",
+            )
+            self._metrics.key_releases.labels(outcome="denied").inc()
+            self._deny_and_commit(tx, NotFound())
+        assert patient is not None
+        if patient.is_decoy:
+            # Suspend (principal row lock) before auditing (shard lock): the same lock
+            # order as the release path, so the two never deadlock.
+            self._suspend(tx, caller, now, cause="decoy-patient", patient_id=patient.id)
+            self._audit.record(
+                tx,
+                action=action,
+                outcome="denied",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note_id,
+                reason="decoy-patient",
+            )
+            self._alerts.emit(
+                "decoy-accessed", tenant_id=p.tenant_id, principal_id=p.id, patient_id=patient.id
+            )
+            self._metrics.key_releases.labels(outcome="decoy").inc()
+            self._deny_and_commit(tx, AccountSuspended())
+        if patient.shredded_at is not None:
+            self._audit.record(
+                tx,
+                action=action,
+                outcome="denied",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note_id,
+                reason="patient-shredded",
+            )
+            self._deny_and_commit(tx, Gone())
+        return patient, ("care-team" if care else "break-glass"), snap
+
+    def _unwrap(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        now: datetime,
+        *,
+        cause: str,
+        action: str,
+        note_id: str | None,
+        for_write: bool = False,
+        snapshot: GateSnapshot | None = None,
+    ) -> bytes | None:
+        row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
+        if row is None:
+            return None
+        ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
+        cached = self._cache.get(ckey)
+        if cached is not None:
+            self._metrics.key_cache.labels(result="hit").inc()
+            return cached
+        self._metrics.key_cache.labels(result="miss").inc()
+        try:
+            key = self._keys.unwrap(
+                WrappedKey(row.wrapped_key, row.key_version),
+                tenant_id=patient.tenant_id,
+                context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
+            )
+        except DecryptionError as e:
+            log.error("wrapped key failed to unwrap for patient %s", patient.id)
+            raise IntegrityFailure() from e
+        except KeyServiceThrottled:
+            self._vault_throttled(tx, caller, patient, now, action=action, note_id=note_id)
+            raise
+        # Vault logs every unwrap with its derivation context; this record names the
+        # request that caused it, so `audit reconcile` can match the two one to one.
+        self._audit.record(
+            tx,
+            action="key.unwrap",
+            outcome="granted",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason=cause,
+        )
+        self._cache.put(ckey, key)
+        return key
+
+    def _vault_throttled(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        now: datetime,
+        *,
+        action: str,
+        note_id: str | None,
+    ) -> None:
+        """Vault refused the unwrap (its quota for the tenant is spent): nothing is
+        released, so drop what this transaction charged, then record the refusal."""
+        tx.rollback()
+        self._audit.record(
+            tx,
+            action=action,
+            outcome="unavailable",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason="vault-unwrap-quota",
+        )
+        tx.commit()
+        self._metrics.vault_throttled.inc()
+        self._alerts.emit(
+            "vault-unwrap-quota-exceeded",
+            tenant_id=patient.tenant_id,
+            principal_id=caller.principal.id,
+            patient_id=patient.id,
+        )
+
+    # -- budget -----------------------------------------------------------------------
+
+    def _charge_budget(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient_id: str,
+        now: datetime,
+        seen: BudgetUsage,
+        *,
+        via: str = "care-team",
+    ) -> tuple[BudgetUsage, BudgetExceeded | None]:
+        # Releases are counted in windows that end "now" with no upper bound, so a
+        # release committed by a request that started after this one still counts.
+        p = caller.principal
+        usage = seen
+        if usage.patient_in_hour:
+            return usage, None  # already released within the hour: free
+        # A new distinct patient: serialise on the principal and the tenant budget,
+        # then count again under the locks.
+        locked = tx.principals.principal(p.id, for_update=True)
+        if locked is None or locked.suspended:
+            # Suspended while this request waited for the lock (a parallel request
+            # tripped a decoy or the denial limit): nothing more is released.
+            raise AccountSuspended()
+        tx.ledger.lock_tenant_budget(p.tenant_id)
+        usage = tx.ledger.budget_usage(p.id, p.tenant_id, patient_id, now)
+        if usage.patient_in_hour:
+            return usage, None
+        per_hour, per_day = self.limits_for(p)
+        # Break-glass has its own budget (charged when opened): only the tenant cap here.
+        if via == "care-team" and usage.hour >= per_hour:
+            return usage, BudgetExceeded(
+                f"Hourly key-release budget of {per_hour} distinct patients is exhausted",
+                retry_after=_seconds_until(
+                    usage.hour_oldest + HOUR if usage.hour_oldest else None, now
+                ),
+                scope="principal-hour",
+            )
+        if via == "care-team" and not usage.patient_in_day and usage.day >= per_day:
+            return usage, BudgetExceeded(
+                f"Daily key-release budget of {per_day} distinct patients is exhausted",
+                retry_after=_seconds_until(
+                    usage.day_oldest + DAY if usage.day_oldest else None, now
+                ),
+                scope="principal-day",
+            )
+        tenant_cap = usage.tenant_cap or self._budgets.tenant_per_hour
+        if usage.tenant_hour >= tenant_cap:
+            return usage, BudgetExceeded(
+                "The organisation's hourly key-release budget is exhausted",
+                retry_after=_seconds_until(
+                    usage.tenant_oldest + HOUR if usage.tenant_oldest else None, now
+                ),
+                scope="tenant-hour",
+            )
+        try:
+            tx.ledger.record_release(p.id, p.tenant_id, patient_id, now, via=via)
+        except TenantCapReached:
+            # The database's own count of the tenant's releases (its clock) refused the
+            # row: the transaction is aborted, start the denial afresh.
+            tx.rollback()
+            return usage, BudgetExceeded(
+                "The organisation's hourly key-release budget is exhausted",
+                retry_after=60,
+                scope="tenant-hour",
+            )
+        if via == "break-glass":
+            return usage, None
+        return (
+            BudgetUsage(
+                hour=usage.hour + 1,
+                day=usage.day + (0 if usage.patient_in_day else 1),
+                tenant_hour=usage.tenant_hour + 1,
+                patient_in_hour=True,
+                patient_in_day=True,
+                hour_oldest=usage.hour_oldest or now,
+                day_oldest=usage.day_oldest or now,
+                tenant_oldest=usage.tenant_oldest or now,
+            ),
+            None,
+        )
+
+    def _throttle(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient_id: str,
+        note_id: str | None,
+        action: str,
+        exc: BudgetExceeded,
+        now: datetime,
+    ) -> None:
+        p = caller.principal
+        scope = str(exc.extra.get("scope"))
+        self._audit.record(
+            tx,
+            action=action,
+            outcome="throttled",
+            caller=caller,
+            patient_id=patient_id,
+            note_id=note_id,
+            reason=scope,
+        )
+        self._metrics.key_releases.labels(outcome="throttled").inc()
+        if scope == "tenant-hour":
+            # Someone else's exhaustion of the tenant cap is not this caller's fault: it
+            # never counts towards the caller's suspension. It is a tenant incident.
+            self._tenant_incident(tx, p.tenant_id, now)
+            self._deny_and_commit(tx, exc)
+        if self.count_denial(tx, caller, now, scope=scope, cause="repeated-budget-denials") == 1:
+            self._alerts.emit(
+                "budget-exhausted", scope=scope, tenant_id=p.tenant_id, principal_id=p.id
+            )
+        self._deny_and_commit(tx, exc)
+
+    def _tenant_incident(self, tx: UnitOfWork, tenant_id: str, now: datetime) -> None:
+        """Alert (at most every ten minutes per tenant and worker) naming the accounts
+        that spent the tenant's cap in the last hour."""
+        last = self._incidents.get(tenant_id)
+        if last is not None and now - last < TENANT_INCIDENT_EVERY:
+            return
+        self._incidents[tenant_id] = now
+        spenders = tx.ledger.top_releasers(tenant_id, now - HOUR)
+        self._alerts.emit(
+            "tenant-cap-exhausted",
+            tenant_id=tenant_id,
+            top_accounts=[{"principal_id": pid, "releases": n} for pid, n in spenders],
+        )
+
+    def count_denial(
+        self, tx: UnitOfWork, caller: Caller, now: datetime, *, scope: str, cause: str
+    ) -> int:
+        """Count a denial against the principal; suspend it (audited, alerted) when the
+        denials of the last hour reach the limit. Returns that count."""
+        denials = tx.ledger.record_denial(caller.principal.id, scope, now)
+        if denials >= self._budgets.suspend_after_denials:
+            self._suspend(tx, caller, now, cause=cause, patient_id=None)
+        return denials
+
+    # -- the gate ---------------------------------------------------------------------
+
+    def release(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient_id: str,
+        *,
+        action: str,
+        note_id: str | None = None,
+    ) -> Release:
+        """Release a patient's data key for reading, or raise (after auditing)."""
+        now = self._clock.now()
+        patient, via, snap = self._access(
+            tx, caller, patient_id, now, action=action, note_id=note_id
+        )
+        # Care team: the principal's budget and the tenant cap. Break-glass: its own
+        # budget was charged when it was opened; the tenant cap still applies.
+        usage, exceeded = self._charge_budget(tx, caller, patient.id, now, snap.usage, via=via)
+        if exceeded is not None:
+            self._throttle(tx, caller, patient.id, note_id, action, exceeded, now)
+        key = self._unwrap(
+            tx,
+            caller,
+            patient,
+            now,
+            cause="read",
+            action=action,
+            note_id=note_id,
+            snapshot=snap,
+        )
+        self._audit.record(
+            tx,
+            action=action,
+            outcome="granted",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason="break-glass" if via == "break-glass" else None,
+        )
+        self._metrics.key_releases.labels(outcome="granted").inc()
+        return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
+
+    def key_for_write(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient_id: str,
+        *,
+        action: str,
+        note_id: str | None = None,
+        charge: Callable[[datetime, str], None] | None = None,
+    ) -> tuple[Patient, bytes, str]:
+        """Access-check a write; return the patient, its data key (created if needed)
+        and how access was granted ("care-team" or "break-glass").
+
+        The caller audits the write itself, once it knows the note id. `charge` (the
+        write budget) runs after the access check and before any key leaves Vault.
+        """
+        now = self._clock.now()
+        patient, via, _snap = self._access(
+            tx, caller, patient_id, now, action=action, note_id=note_id
+        )
+        if charge is not None:
+            charge(now, patient.id)
+        key = self._unwrap(
+            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
+        )
+        if key is not None:
+            return patient, key, via
+        context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
+        new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
+        # The database records the new key (`key.create`), matched by `audit reconcile`
+        # to Vault's own record of the data-key creation.
+        self._audit.attribute(tx, caller)
+        if tx.keys.insert_patient_key(
+            patient.id, patient.tenant_id, new.wrapped.ciphertext, new.wrapped.key_version, now
+        ):
+            self._cache.put(
+                cache_key(
+                    patient.tenant_id, patient.id, new.wrapped.key_version, new.wrapped.ciphertext
+                ),
+                new.plaintext,
+            )
+            return patient, new.plaintext, via
+        # Another writer created the key first: use theirs.
+        key = self._unwrap(
+            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
+        )
+        assert key is not None
+        return patient, key, via
+
+    def check_metadata_access(self, tx: UnitOfWork, caller: Caller, patient_id: str) -> Patient:
+        """Access check for metadata-only reads: audited, no key release, no budget."""
+        now = self._clock.now()
+        patient, via, _snap = self._access(
+            tx, caller, patient_id, now, action="note.list", note_id=None
+        )
+        self._audit.record(
+            tx,
+            action="note.list",
+            outcome="granted",
+            caller=caller,
+            patient_id=patient.id,
+            reason="break-glass" if via == "break-glass" else None,
+        )
+        return patient
+
+    def usage(self, tx: UnitOfWork, principal: Principal) -> BudgetStatus:
+        now = self._clock.now()
+        usage = tx.ledger.budget_usage(principal.id, principal.tenant_id, None, now)
+        return self.budget_status(principal, usage, now)
+
+    @staticmethod
+    def break_glass_window(hours: float) -> timedelta:
+        return timedelta(hours=hours)

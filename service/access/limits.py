@@ -1,0 +1,92 @@
+"""Limits on every role, not only on clinicians' key releases.
+
+Per principal per hour, counted in PostgreSQL (`principal_actions`, append-only for
+the service): admin actions, care-team grants by an integration, patient lookups
+and registrations, and the distinct patients a clinician writes to. Past a limit
+the caller gets the same treatment as past a key-release budget: 429 with
+Retry-After, an audited denial that counts towards suspension, and an alert on
+the first one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from service.access.gate import KeyReleaseGate
+from service.adapters.alerts import Alerter
+from service.adapters.postgres import HOUR, UnitOfWork
+from service.audit.service import AuditLog, Caller
+from service.config import Budgets
+from service.errors import AccountSuspended, BudgetExceeded
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    kind: str  # the ledger kind: admin | care-team | lookup | write
+    per_hour: int
+    what: str  # for the message: "admin actions", "distinct patients written"...
+
+
+class ActionLimiter:
+    def __init__(
+        self, *, budgets: Budgets, gate: KeyReleaseGate, audit: AuditLog, alerts: Alerter
+    ) -> None:
+        self._gate = gate
+        self._audit = audit
+        self._alerts = alerts
+        self.admin = Limit("admin", budgets.admin_actions_per_hour, "admin actions")
+        self.care_team = Limit("care-team", budgets.care_team_grants_per_hour, "care-team grants")
+        self.lookup = Limit("lookup", budgets.lookups_per_hour, "patient lookups")
+        self.write = Limit("write", budgets.writes_per_hour, "distinct patients written to")
+
+    def charge(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        limit: Limit,
+        now: datetime,
+        *,
+        action: str,
+        patient_id: str | None = None,
+    ) -> None:
+        """Count one action, or refuse it (audited, a denial, committed) with 429."""
+        p = caller.principal
+        if limit.kind == "write":
+            # Distinct patients: serialise one principal's writes so the count is exact.
+            locked = tx.principals.principal(p.id, for_update=True)
+            if locked is None or locked.suspended:
+                raise AccountSuspended()
+        allowed, oldest = tx.ledger.charge_action(
+            p.id, limit.kind, now, limit=limit.per_hour, patient_id=patient_id
+        )
+        if allowed:
+            return
+        scope = f"{limit.kind}-hour"
+        self._audit.record(
+            tx,
+            action=action,
+            outcome="throttled",
+            caller=caller,
+            patient_id=patient_id,
+            reason=scope,
+        )
+        if (
+            self._gate.count_denial(tx, caller, now, scope=scope, cause="repeated-limit-denials")
+            == 1
+        ):
+            self._alerts.emit(
+                "action-limit-exceeded",
+                scope=scope,
+                role=p.role.value,
+                tenant_id=p.tenant_id,
+                principal_id=p.id,
+            )
+        tx.commit()
+        retry = math.ceil(((oldest + HOUR) - now).total_seconds()) if oldest else 60
+        raise BudgetExceeded(
+            f"The hourly limit of {limit.per_hour} {limit.what} is reached",
+            retry_after=max(1, retry),
+            scope=scope,
+        )

@@ -1,0 +1,383 @@
+"""The access log. Every access decision is written through `AuditLog.record`.
+
+Records carry identifiers, actions and outcomes only: no note content and no
+external identifiers. The write happens in the same transaction as the access
+it records, so an access that cannot be audited does not happen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from service.adapters.postgres import Store, UnitOfWork
+from service.audit import chain as auditchain
+from service.audit.reconcile import (
+    CREATE,
+    UNWRAP,
+    ReconcileReport,
+    ServiceUnwrap,
+    read_vault_unwraps,
+    reconcile,
+)
+from service.clock import Clock
+from service.errors import Forbidden
+from service.models import AuditEvent, Principal, Role
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, and from where: everything an audit record needs."""
+
+    principal: Principal
+    request_id: str | None = None
+    client_addr: str | None = None
+
+
+class AuditLog:
+    def record(
+        self,
+        tx: UnitOfWork,
+        *,
+        action: str,
+        outcome: str,
+        caller: Caller | None = None,
+        tenant_id: str | None = None,
+        patient_id: str | None = None,
+        note_id: str | None = None,
+        reason: str | None = None,
+        principal_id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        p = caller.principal if caller else None
+        tx.audit.insert_audit_event(
+            AuditEvent(
+                action=action,
+                outcome=outcome,
+                tenant_id=tenant_id or (p.tenant_id if p else None),
+                principal_id=principal_id or (p.id if p else None),
+                role=p.role.value if p else None,
+                patient_id=patient_id,
+                note_id=note_id,
+                reason=reason,
+                request_id=caller.request_id if caller else request_id,
+                client_addr=caller.client_addr if caller else None,
+            ),
+        )
+
+    def attribute(
+        self, tx: UnitOfWork, caller: Caller | None, *, reason: str | None = None
+    ) -> None:
+        """Name the actor of this transaction's access-rights changes: the database's
+        triggers write those records (service/migrations/0005), whoever changes what.
+        Without a caller the actor is the operator at the command line."""
+        p = caller.principal if caller else None
+        tx.audit.set_actor(
+            principal_id=p.id if p else None,
+            role=p.role.value if p else "operator",
+            request_id=caller.request_id if caller else "cli",
+            client_addr=caller.client_addr if caller else None,
+            reason=reason,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    checked: int
+    checkpoints: int
+    last_checkpoint: dict[str, Any] | None
+    first_bad: dict[str, Any] | None
+    problems: list[dict[str, Any]]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "checkpoints": self.checkpoints,
+            "last_checkpoint": self.last_checkpoint,
+            "first_bad": self.first_bad,
+            "problems": self.problems,
+            "records_per_second": round(self.checked / self.seconds) if self.seconds else None,
+        }
+
+
+AUDITOR_ROLES = (Role.AUDITOR,)
+
+
+class AuditService:
+    """Checkpoints, verification, and the auditor's queries."""
+
+    def __init__(
+        self, *, store: Store, signer: CheckpointSigner, audit: AuditLog, clock: Clock
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._audit = audit
+        self._clock = clock
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Sign the current head of every chain."""
+        with self._store.transaction() as tx:
+            heads = tx.audit.audit_heads()
+            last = tx.audit.last_checkpoint()
+        now = self._clock.now()
+        payload = auditchain.checkpoint_payload(now, heads, last["payload"] if last else None)
+        signature = self._signer.sign(payload.encode())
+        total = sum(seq for seq, _ in heads.values())
+        with self._store.transaction() as tx:
+            cid = tx.audit.insert_checkpoint(now, total, payload, signature)
+        # The signed payload holds only hashes: publish it (log, WORM store) so that a
+        # database administrator cannot quietly delete the latest checkpoints.
+        log.info(
+            "audit checkpoint %s signed: %s records payload=%s signature=%s",
+            cid,
+            total,
+            payload,
+            signature,
+        )
+        return {
+            "id": cid,
+            "created_at": now.isoformat(),
+            "total": total,
+            "payload": payload,
+            "signature": signature,
+        }
+
+    def verify(self) -> VerifyReport:
+        started = time.perf_counter()
+        with self._store.transaction() as tx:
+            checkpoints = tx.audit.checkpoints()
+            parsed: list[tuple[int, dict[int, tuple[int, bytes]], bool]] = []
+            for cp in checkpoints:
+                try:
+                    heads = auditchain.parse_payload(cp["payload"])
+                    ok = self._signer.verify(cp["payload"].encode(), cp["signature"])
+                except (ValueError, KeyError, TypeError):
+                    heads, ok = {}, False
+                parsed.append((int(cp["id"]), heads, ok))
+            verifier = auditchain.ChainVerifier(
+                (shard, seq) for _, heads, _ in parsed for shard, (seq, _h) in heads.items()
+            )
+            for row in tx.audit.iter_audit_chain():
+                verifier.feed(row)
+        for cid, heads, ok in parsed:
+            verifier.check_checkpoint(cid, heads, ok)
+        first = verifier.first_bad()
+        last = checkpoints[-1] if checkpoints else None
+        return VerifyReport(
+            ok=not verifier.problems,
+            checked=verifier.checked,
+            checkpoints=len(checkpoints),
+            last_checkpoint=(
+                {
+                    "id": last["id"],
+                    "created_at": last["created_at"].isoformat(),
+                    "total": last["total"],
+                }
+                if last
+                else None
+            ),
+            first_bad=first.as_dict() if first else None,
+            problems=[p.as_dict() for p in verifier.problems[:100]],
+            seconds=time.perf_counter() - started,
+        )
+
+    def events(
+        self,
+        caller: Caller,
+        *,
+        limit: int,
+        after_id: int | None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        if caller.principal.role not in AUDITOR_ROLES:
+            raise Forbidden("Only auditors read the access log")
+        with self._store.transaction() as tx:
+            rows = tx.audit.audit_query(
+                tenant_id=caller.principal.tenant_id, limit=limit, after_id=after_id, **filters
+            )
+            # Reading the access log is itself an access worth recording.
+            self._audit.record(
+                tx,
+                action="audit.query",
+                outcome="granted",
+                caller=caller,
+                patient_id=filters.get("patient_id"),
+                reason=_describe_filters(filters),
+            )
+        return [_without_decoy_identity(r) for r in rows]
+
+    def verify_as(self, caller: Caller) -> VerifyReport:
+        if caller.principal.role not in AUDITOR_ROLES:
+            raise Forbidden("Only auditors verify the access log")
+        report = self.verify()
+        tenant_id = caller.principal.tenant_id
+        with self._store.transaction() as tx:
+            own = tx.audit.count_audit_events(tenant_id)
+            self._audit.record(
+                tx,
+                action="audit.verify",
+                outcome="granted",
+                caller=caller,
+                reason=f"ok={report.ok} checked={own}",
+            )
+        # The chains span every tenant: a tenant's auditor learns whether the log is
+        # intact and how many of its own records it holds, not how large other
+        # tenants' logs are or where their records sit. Operators get the full report
+        # from `sealednotes audit verify`.
+        return dataclasses.replace(
+            report,
+            checked=own,
+            last_checkpoint=None,
+            first_bad=_without_location(report.first_bad),
+            problems=[p for p in (_without_location(x) for x in report.problems) if p],
+        )
+
+    def reconcile_vault(
+        self,
+        vault_log_lines: Iterator[str],
+        *,
+        mount: str,
+        since: datetime | None,
+        tolerance: timedelta,
+    ) -> ReconcileReport:
+        """Match every data-key unwrap in Vault's audit log to the service record
+        of its cause; record the check itself in the access log."""
+        unwraps, unreadable = read_vault_unwraps(vault_log_lines, mount=mount, since=since)
+        window_start = since - tolerance if since else None
+        with self._store.transaction() as tx:
+            records = [
+                ServiceUnwrap(
+                    r["at"],
+                    str(r["tenant_id"]),
+                    str(r["patient_id"]),
+                    UNWRAP if r["action"] == "key.unwrap" else CREATE,
+                )
+                for r in tx.audit.iter_unwrap_records(window_start)
+                if _explains_an_unwrap(r)
+            ]
+        report = reconcile(unwraps, records, tolerance=tolerance, unreadable_lines=unreadable)
+        with self._store.transaction() as tx:
+            self._audit.record(
+                tx,
+                action="audit.reconcile",
+                outcome="granted" if report.ok else "alert",
+                reason=f"vault_unwraps={report.vault_unwraps} unmatched={report.unmatched}",
+            )
+        return report
+
+    def export(
+        self, *, since: datetime | None = None, tenant_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        with self._store.transaction() as tx:
+            yield from tx.audit.iter_audit_export(since=since, tenant_id=tenant_id)
+
+
+def _explains_an_unwrap(record: dict[str, Any]) -> bool:
+    """A service record that can explain a Vault unwrap or key creation names its
+    patient and the request that caused it (a request id; the CLI's re-key says "cli").
+    Records appended by other means without them are not trusted as explanations."""
+    return (
+        record["tenant_id"] is not None
+        and record["patient_id"] is not None
+        and bool(record["request_id"])
+    )
+
+
+def _without_decoy_identity(row: dict[str, Any]) -> dict[str, Any]:
+    """Decoys stay secret: a tenant's auditors see that decoys were armed, disarmed or
+    approved, never which patients they are (operators' `audit export` has them). A
+    decoy that was touched is still fully visible, in the denied read's record."""
+    reason = row.get("reason") or ""
+    if row["action"] == "patient.decoy" or (
+        row["action"].startswith("approval.") and reason.startswith("decoy-clear ")
+    ):
+        return {**row, "patient_id": None}
+    return row
+
+
+def _without_location(problem: dict[str, Any] | None) -> dict[str, Any] | None:
+    if problem is None:
+        return None
+    return {
+        "kind": problem["kind"],
+        "detail": "The access log failed verification; operators have the location "
+        "(sealednotes audit verify).",
+        "record_id": None,
+        "shard": None,
+        "seq": None,
+        "at": None,
+    }
+
+
+def _describe_filters(filters: dict[str, Any]) -> str:
+    parts = []
+    for k, v in sorted(filters.items()):
+        if v is not None:
+            parts.append(f"{k}={v.isoformat() if isinstance(v, datetime) else v}")
+    return " ".join(parts) or "all"
+
+
+class CheckpointSigner(Protocol):
+    def sign(self, message: bytes) -> str: ...
+
+    def verify(self, message: bytes, signature: str) -> bool: ...
+
+
+class AuditCheckpointer:
+    """Signs a checkpoint every `interval` seconds when the log has grown.
+
+    One daemon thread per worker process; a PostgreSQL advisory lock makes
+    workers and replicas take turns instead of signing the same heads.
+    """
+
+    def __init__(self, service: AuditService, store: Store, interval: float) -> None:
+        self._service = service
+        self._store = store
+        self._interval = interval
+        self._started_pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def ensure_started(self) -> None:
+        if self._interval <= 0 or self._started_pid == os.getpid():
+            return
+        with self._lock:
+            if self._started_pid == os.getpid():
+                return
+            self._started_pid = os.getpid()
+            self._stop.clear()
+            threading.Thread(target=self._run, name="audit-checkpointer", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.tick()
+            except Exception as e:  # keep the thread alive; the next tick retries
+                log.warning("audit checkpoint failed: %s", type(e).__name__)
+
+    def tick(self) -> bool:
+        with self._store.transaction() as tx:
+            if not tx.audit.try_lock_checkpointer():
+                return False
+            heads = tx.audit.audit_heads()
+            last = tx.audit.last_checkpoint()
+            total = sum(seq for seq, _ in heads.values())
+            if last is not None and int(last["total"]) == total:
+                return False
+            self._service.checkpoint()
+            return True

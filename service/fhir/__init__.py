@@ -1,0 +1,1 @@
+"""FHIR R4 resources for the facade (DocumentReference, Patient, CapabilityStatement)."""

@@ -1,0 +1,108 @@
+"""HTTP layer: parse and validate, call a use case, shape the response."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flask import current_app, g, request
+
+from service.access.idp import RequestContext
+from service.app import Services
+from service.audit.service import Caller
+from service.errors import AccountSuspended, BadRequest, ServiceError, ValidationFailed
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Send the body as application/json"
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["sealednotes"]
+    return svc
+
+
+def caller() -> Caller:
+    if "caller" not in g:
+        svc = services()
+        # An opaque `snt_` token or a JWT of the tenant's identity provider (service/access/idp.py).
+        principal = svc.idp.authenticate(
+            request.headers.get("Authorization"),
+            RequestContext(g.get("request_id"), request.remote_addr),
+        )
+        # X-Forwarded-For is deliberately ignored: clients could spoof it.
+        new = Caller(principal, g.get("request_id"), request.remote_addr)
+        if principal.suspended:
+            # Refused attempts by a suspended account are evidence: audit them.
+            with svc.store.transaction() as tx:
+                svc.audit.record(
+                    tx,
+                    action="request",
+                    outcome="denied",
+                    caller=new,
+                    reason=f"account-suspended {request.method} {request.path}",
+                )
+            raise AccountSuspended()
+        g.caller = new
+    c: Caller = g.caller
+    return c
+
+
+def json_body() -> Any:
+    if not request.is_json:
+        raise UnsupportedMediaType()
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # absurdly nested JSON
+        raise BadRequest("The body is nested too deeply") from None
+    if data is None:
+        raise BadRequest("The body must be a JSON object (valid JSON, not null)")
+    return data
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def parse_decimal(raw: str) -> int | None:
+    """The one way numbers in query strings are read: 1 to 18 ASCII digits, nothing
+    else (Python's int() would also take "٣", " 3", "+3" or "1_000", and
+    str.isdigit() passes "²", which int() then refuses)."""
+    return int(raw) if _DECIMAL.fullmatch(raw) else None
+
+
+def int_arg(name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    value = parse_decimal(raw)
+    if value is None:
+        raise ValidationFailed({name: ["Not a valid integer."]})
+    if not minimum <= value <= maximum:
+        raise ValidationFailed({name: [f"Must be between {minimum} and {maximum}."]})
+    return value
+
+
+def encode_cursor(after: tuple[datetime, str]) -> str:
+    raw = f"{after[0].isoformat()}|{after[1]}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> tuple[datetime, str] | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        when, _, ident = raw.partition("|")
+        return datetime.fromisoformat(when), str(uuid.UUID(ident))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed({"cursor": ["Not a valid cursor."]}) from None

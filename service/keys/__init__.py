@@ -1,0 +1,1 @@
+"""Key management over time: rotation, retirement, re-keying and crypto-shredding."""

@@ -1,0 +1,1 @@
+"""Clinical notes: write, amend, void and read, every read through the gate."""

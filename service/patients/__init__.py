@@ -1,0 +1,1 @@
+"""Patients, their care teams and break-glass access."""

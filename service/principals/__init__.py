@@ -1,0 +1,1 @@
+"""Tenants, principals (accounts) and their tokens."""
