@@ -32,9 +32,9 @@ import psycopg
 from bench.seed import Dataset, bench_settings
 from bench.stack import Stack
 from service.access.authentication import authenticate
+from service.access.caller import Caller
 from service.app import build_services
-from service.audit.service import Caller
-from service.notes.service import NoteContent
+from service.notes.sealing import NoteContent
 
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\t[FB]\t")
 _LINE = re.compile(r"^(\S+ \S+)\t([FB])\t\d+\t(\w+)(?:\t(.*))?$")

@@ -27,11 +27,11 @@ from bench.loadgen import HttpRequest
 from bench.peers import SCHEMA, TRANSIT_KEY, TRANSIT_MOUNT, encode_content, transit_context
 from bench.stack import Stack
 from service.access.authentication import authenticate
+from service.access.caller import Caller
 from service.app import build_services
-from service.audit.service import Caller
 from service.config import Budgets, Settings
 from service.models import Role
-from service.notes.service import NoteContent
+from service.notes.sealing import NoteContent
 
 TENANT = "bench"
 BIG_BUDGET = 1_000_000

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from service.access.caller import Caller
 from service.access.limits import ActionLimiter
 from service.adapters.alerts import Alerter
 from service.adapters.postgres import Store, UnitOfWork
-from service.audit.service import AuditLog, Caller
+from service.audit.service import AuditLog
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, NotFound
 from service.models import Approval, Role

@@ -20,61 +20,31 @@ over-release.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from crypto import DecryptionError, WrappedKey, key_context
+from crypto import key_context
 from crypto.keywrap import KeyWrapper
+from service.access.budget import BudgetPolicy, BudgetStatus, Release
+from service.access.caller import Caller
 from service.access.keycache import KeyCache, cache_key
+from service.access.unwrap import KeyUnwrapper
 from service.adapters.alerts import Alerter
-from service.adapters.postgres import DAY, HOUR, UnitOfWork
-from service.audit.service import AuditLog, Caller
+from service.adapters.postgres import HOUR, UnitOfWork
+from service.audit.service import AuditLog
 from service.clock import Clock
 from service.config import Budgets
 from service.errors import (
     AccountSuspended,
     BudgetExceeded,
     Gone,
-    IntegrityFailure,
-    KeyServiceThrottled,
     NotFound,
-    TenantCapReached,
 )
 from service.metrics import Metrics
 from service.models import BudgetUsage, GateSnapshot, Patient, Principal
 
 log = logging.getLogger(__name__)
 TENANT_INCIDENT_EVERY = timedelta(minutes=10)
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStatus:
-    """What the RateLimit-* headers and /v1/me report (hourly window)."""
-
-    limit: int
-    remaining: int
-    reset_seconds: int
-    day_limit: int
-    day_remaining: int
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    key: bytes | None  # None: the patient has no data key yet (no notes)
-    patient: Patient
-    via: str  # "care-team" | "break-glass"
-    budget: BudgetStatus
-
-    def __repr__(self) -> str:  # never print key material
-        return f"Release(patient={self.patient.id!r}, via={self.via!r})"
-
-
-def _seconds_until(when: datetime | None, now: datetime) -> int:
-    if when is None:
-        return 1
-    return max(1, math.ceil((when - now).total_seconds()))
 
 
 class KeyReleaseGate:
@@ -97,27 +67,20 @@ class KeyReleaseGate:
         self._budgets = budgets
         self._clock = clock
         self._incidents: dict[str, datetime] = {}
-
-    # -- limits ----------------------------------------------------------------------
+        self.policy = BudgetPolicy(budgets)
+        self._unwrapper = KeyUnwrapper(
+            keys=keys, cache=cache, audit=audit, alerts=alerts, metrics=metrics
+        )
 
     def limits_for(self, principal: Principal) -> tuple[int, int]:
-        return (
-            principal.release_per_hour or self._budgets.per_hour,
-            principal.release_per_day or self._budgets.per_day,
-        )
+        return self.policy.limits_for(principal)
 
     def budget_status(
         self, principal: Principal, usage: BudgetUsage, now: datetime
     ) -> BudgetStatus:
-        per_hour, per_day = self.limits_for(principal)
-        reset = _seconds_until(usage.hour_oldest + HOUR, now) if usage.hour_oldest else 0
-        return BudgetStatus(
-            limit=per_hour,
-            remaining=max(0, per_hour - usage.hour),
-            reset_seconds=reset,
-            day_limit=per_day,
-            day_remaining=max(0, per_day - usage.day),
-        )
+        return self.policy.budget_status(principal, usage, now)
+
+    # -- limits ----------------------------------------------------------------------
 
     # -- shared checks ------------------------------------------------------------------
 
@@ -203,167 +166,7 @@ class KeyReleaseGate:
             self._deny_and_commit(tx, Gone())
         return patient, ("care-team" if care else "break-glass"), snap
 
-    def _unwrap(
-        self,
-        tx: UnitOfWork,
-        caller: Caller,
-        patient: Patient,
-        now: datetime,
-        *,
-        cause: str,
-        action: str,
-        note_id: str | None,
-        for_write: bool = False,
-        snapshot: GateSnapshot | None = None,
-    ) -> bytes | None:
-        row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
-        if row is None:
-            return None
-        ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
-        cached = self._cache.get(ckey)
-        if cached is not None:
-            self._metrics.key_cache.labels(result="hit").inc()
-            return cached
-        self._metrics.key_cache.labels(result="miss").inc()
-        try:
-            key = self._keys.unwrap(
-                WrappedKey(row.wrapped_key, row.key_version),
-                tenant_id=patient.tenant_id,
-                context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
-            )
-        except DecryptionError as e:
-            log.error("wrapped key failed to unwrap for patient %s", patient.id)
-            raise IntegrityFailure() from e
-        except KeyServiceThrottled:
-            self._vault_throttled(tx, caller, patient, now, action=action, note_id=note_id)
-            raise
-        # Vault logs every unwrap with its derivation context; this record names the
-        # request that caused it, so `audit reconcile` can match the two one to one.
-        self._audit.record(
-            tx,
-            action="key.unwrap",
-            outcome="granted",
-            caller=caller,
-            patient_id=patient.id,
-            note_id=note_id,
-            reason=cause,
-        )
-        self._cache.put(ckey, key)
-        return key
-
-    def _vault_throttled(
-        self,
-        tx: UnitOfWork,
-        caller: Caller,
-        patient: Patient,
-        now: datetime,
-        *,
-        action: str,
-        note_id: str | None,
-    ) -> None:
-        """Vault refused the unwrap (its quota for the tenant is spent): nothing is
-        released, so drop what this transaction charged, then record the refusal."""
-        tx.rollback()
-        self._audit.record(
-            tx,
-            action=action,
-            outcome="unavailable",
-            caller=caller,
-            patient_id=patient.id,
-            note_id=note_id,
-            reason="vault-unwrap-quota",
-        )
-        tx.commit()
-        self._metrics.vault_throttled.inc()
-        self._alerts.emit(
-            "vault-unwrap-quota-exceeded",
-            tenant_id=patient.tenant_id,
-            principal_id=caller.principal.id,
-            patient_id=patient.id,
-        )
-
     # -- budget -----------------------------------------------------------------------
-
-    def _charge_budget(
-        self,
-        tx: UnitOfWork,
-        caller: Caller,
-        patient_id: str,
-        now: datetime,
-        seen: BudgetUsage,
-        *,
-        via: str = "care-team",
-    ) -> tuple[BudgetUsage, BudgetExceeded | None]:
-        # Releases are counted in windows that end "now" with no upper bound, so a
-        # release committed by a request that started after this one still counts.
-        p = caller.principal
-        usage = seen
-        if usage.patient_in_hour:
-            return usage, None  # already released within the hour: free
-        # A new distinct patient: serialise on the principal and the tenant budget,
-        # then count again under the locks.
-        locked = tx.principals.principal(p.id, for_update=True)
-        if locked is None or locked.suspended:
-            # Suspended while this request waited for the lock (a parallel request
-            # tripped a decoy or the denial limit): nothing more is released.
-            raise AccountSuspended()
-        tx.ledger.lock_tenant_budget(p.tenant_id)
-        usage = tx.ledger.budget_usage(p.id, p.tenant_id, patient_id, now)
-        if usage.patient_in_hour:
-            return usage, None
-        per_hour, per_day = self.limits_for(p)
-        # Break-glass has its own budget (charged when opened): only the tenant cap here.
-        if via == "care-team" and usage.hour >= per_hour:
-            return usage, BudgetExceeded(
-                f"Hourly key-release budget of {per_hour} distinct patients is exhausted",
-                retry_after=_seconds_until(
-                    usage.hour_oldest + HOUR if usage.hour_oldest else None, now
-                ),
-                scope="principal-hour",
-            )
-        if via == "care-team" and not usage.patient_in_day and usage.day >= per_day:
-            return usage, BudgetExceeded(
-                f"Daily key-release budget of {per_day} distinct patients is exhausted",
-                retry_after=_seconds_until(
-                    usage.day_oldest + DAY if usage.day_oldest else None, now
-                ),
-                scope="principal-day",
-            )
-        tenant_cap = usage.tenant_cap or self._budgets.tenant_per_hour
-        if usage.tenant_hour >= tenant_cap:
-            return usage, BudgetExceeded(
-                "The organisation's hourly key-release budget is exhausted",
-                retry_after=_seconds_until(
-                    usage.tenant_oldest + HOUR if usage.tenant_oldest else None, now
-                ),
-                scope="tenant-hour",
-            )
-        try:
-            tx.ledger.record_release(p.id, p.tenant_id, patient_id, now, via=via)
-        except TenantCapReached:
-            # The database's own count of the tenant's releases (its clock) refused the
-            # row: the transaction is aborted, start the denial afresh.
-            tx.rollback()
-            return usage, BudgetExceeded(
-                "The organisation's hourly key-release budget is exhausted",
-                retry_after=60,
-                scope="tenant-hour",
-            )
-        if via == "break-glass":
-            return usage, None
-        return (
-            BudgetUsage(
-                hour=usage.hour + 1,
-                day=usage.day + (0 if usage.patient_in_day else 1),
-                tenant_hour=usage.tenant_hour + 1,
-                patient_in_hour=True,
-                patient_in_day=True,
-                hour_oldest=usage.hour_oldest or now,
-                day_oldest=usage.day_oldest or now,
-                tenant_oldest=usage.tenant_oldest or now,
-            ),
-            None,
-        )
 
     def _throttle(
         self,
@@ -440,10 +243,10 @@ class KeyReleaseGate:
         )
         # Care team: the principal's budget and the tenant cap. Break-glass: its own
         # budget was charged when it was opened; the tenant cap still applies.
-        usage, exceeded = self._charge_budget(tx, caller, patient.id, now, snap.usage, via=via)
+        usage, exceeded = self.policy.charge(tx, caller, patient.id, now, snap.usage, via=via)
         if exceeded is not None:
             self._throttle(tx, caller, patient.id, note_id, action, exceeded, now)
-        key = self._unwrap(
+        key = self._unwrapper.unwrap(
             tx,
             caller,
             patient,
@@ -487,7 +290,7 @@ class KeyReleaseGate:
         )
         if charge is not None:
             charge(now, patient.id)
-        key = self._unwrap(
+        key = self._unwrapper.unwrap(
             tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
         )
         if key is not None:
@@ -508,7 +311,7 @@ class KeyReleaseGate:
             )
             return patient, new.plaintext, via
         # Another writer created the key first: use theirs.
-        key = self._unwrap(
+        key = self._unwrapper.unwrap(
             tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
         )
         assert key is not None

@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
 from service.adapters.alerts import Alerter
 from service.adapters.postgres import HOUR, UnitOfWork
-from service.audit.service import AuditLog, Caller
+from service.audit.service import AuditLog
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from service.access.caller import Caller
 from service.adapters.postgres import Store, UnitOfWork
 from service.audit import chain as auditchain
 from service.audit.reconcile import (
@@ -29,18 +30,9 @@ from service.audit.reconcile import (
 )
 from service.clock import Clock
 from service.errors import Forbidden
-from service.models import AuditEvent, Principal, Role
+from service.models import AuditEvent, Role
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is asking, and from where: everything an audit record needs."""
-
-    principal: Principal
-    request_id: str | None = None
-    client_addr: str | None = None
 
 
 class AuditLog:

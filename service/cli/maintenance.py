@@ -96,7 +96,7 @@ def approvals() -> None:
 
 def _admin_caller(svc: Any) -> Any:
     from service.access.authentication import authenticate
-    from service.audit.service import Caller
+    from service.access.caller import Caller
 
     token = os.environ.get("SEALEDNOTES_ADMIN_TOKEN")
     if not token:

@@ -159,7 +159,7 @@ def dev(host: str, port: int, state_dir: Path) -> None:
 
 
 def _demo_data(svc: Any) -> dict[str, Any]:
-    from service.audit.service import Caller
+    from service.access.caller import Caller
     from service.errors import Conflict
 
     try:

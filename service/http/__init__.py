@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import current_app, g, request
 
+from service.access.caller import Caller
 from service.access.idp import RequestContext
 from service.app import Services
-from service.audit.service import Caller
 from service.errors import AccountSuspended, BadRequest, ServiceError, ValidationFailed
 
 

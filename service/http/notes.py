@@ -6,7 +6,7 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify, request
 
-from service.access.gate import BudgetStatus
+from service.access.budget import BudgetStatus
 from service.errors import BadRequest, PreconditionRequired, ValidationFailed
 from service.http import (
     caller,
@@ -18,7 +18,8 @@ from service.http import (
     services,
 )
 from service.models import NoteRow
-from service.notes.service import NoteContent, NoteView
+from service.notes.sealing import NoteContent
+from service.notes.service import NoteView
 from service.schemas import NoteWrite, load
 
 bp = Blueprint("notes", __name__)

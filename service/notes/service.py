@@ -3,9 +3,7 @@ act, audit, commit, and only then decrypt."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -13,27 +11,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from crypto import DecryptionError, note_aad, open_sealed, seal
-from service.access.gate import BudgetStatus, KeyReleaseGate
+from crypto import DecryptionError, open_sealed, seal
+from service.access.budget import BudgetStatus
+from service.access.caller import Caller
+from service.access.gate import KeyReleaseGate
 from service.adapters.postgres import Store, UnitOfWork
-from service.audit.service import AuditLog, Caller
+from service.audit.service import AuditLog
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound, PreconditionFailed
 from service.models import NoteRow, NoteVersionRow, Role
+from service.notes.sealing import (
+    NoteContent,
+    decode,
+    encode,
+    note_aad_for,
+    request_digest,
+)
 
 if TYPE_CHECKING:
     from service.access.limits import ActionLimiter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class NoteContent:
-    title: str | None
-    body: str
-
-    def __repr__(self) -> str:  # health data never reaches a log line
-        return "NoteContent(<sealed>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,32 +53,6 @@ class NotePage:
     budget: BudgetStatus | None
 
 
-def _encode(content: NoteContent) -> bytes:
-    return json.dumps({"t": content.title, "b": content.body}, ensure_ascii=False).encode("utf-8")
-
-
-def _decode(raw: bytes) -> NoteContent:
-    data = json.loads(raw.decode("utf-8"))
-    return NoteContent(title=data.get("t"), body=data["b"])
-
-
-def _request_digest(
-    key: bytes, patient_id: str, kind: str, content: NoteContent, encounter_at: datetime | None
-) -> bytes:
-    # Keyed by the patient's own data key: the digest reveals nothing about content.
-    message = json.dumps(
-        [
-            patient_id,
-            kind,
-            content.title,
-            content.body,
-            encounter_at.isoformat() if encounter_at else None,
-        ],
-        ensure_ascii=False,
-    ).encode("utf-8")
-    return hmac.new(key, message, hashlib.sha256).digest()
-
-
 def _via_reason(via: str) -> str | None:
     # Writes outside the care team are flagged for the break-glass review.
     return "break-glass" if via == "break-glass" else None
@@ -89,12 +61,6 @@ def _via_reason(via: str) -> str | None:
 class IdempotencyKeyReused(Conflict):
     slug = "idempotency-key-reused"
     title = "This Idempotency-Key was already used for a different request"
-
-
-def _aad(note: NoteRow, version: int) -> bytes:
-    return note_aad(
-        tenant_id=note.tenant_id, patient_id=note.patient_id, note_id=note.id, version=version
-    )
 
 
 def _require_clinician(caller: Caller) -> None:
@@ -136,7 +102,7 @@ class NotesService:
         if key is None:
             raise IntegrityFailure()
         try:
-            return _decode(open_sealed(key, row.sealed, aad=_aad(note, row.version)))
+            return decode(open_sealed(key, row.sealed, aad=note_aad_for(note, row.version)))
         except DecryptionError as e:
             log.error("note %s version %s failed authentication", note.id, row.version)
             raise IntegrityFailure() from e
@@ -188,7 +154,7 @@ class NotesService:
             )
             now = self._clock.now()
             if idempotency_key is not None:
-                digest = _request_digest(key, patient.id, kind, content, encounter_at)
+                digest = request_digest(key, patient.id, kind, content, encounter_at)
                 earlier = tx.notes.claim_idempotency_key(
                     caller.principal.id, idempotency_key, digest, note_id, now
                 )
@@ -220,7 +186,7 @@ class NotesService:
             tx.notes.insert_note_version(
                 note.id,
                 1,
-                seal(key, _encode(content), aad=_aad(note, 1)),
+                seal(key, encode(content), aad=note_aad_for(note, 1)),
                 caller.principal.id,
                 now,
             )
@@ -270,7 +236,7 @@ class NotesService:
             tx.notes.insert_note_version(
                 note.id,
                 updated.current_version,
-                seal(key, _encode(content), aad=_aad(updated, updated.current_version)),
+                seal(key, encode(content), aad=note_aad_for(updated, updated.current_version)),
                 caller.principal.id,
                 now,
             )

@@ -16,12 +16,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from service.access.approvals import ApprovalsService, Pending
+from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
 from service.access.limits import ActionLimiter
 from service.adapters.alerts import Alerter
 from service.adapters.postgres import DAY, HOUR, Store, UnitOfWork
 from service.adapters.vault import VaultKeyService
-from service.audit.service import AuditLog, Caller
+from service.audit.service import AuditLog
 from service.clock import Clock
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded, Conflict, Forbidden, NotFound

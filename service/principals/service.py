@@ -9,8 +9,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from service.access.authentication import hash_token, new_token
+from service.access.caller import Caller
 from service.adapters.postgres import DAY, Store, UnitOfWork
-from service.audit.service import AuditLog, Caller
+from service.audit.service import AuditLog
 from service.clock import Clock
 from service.config import Budgets
 from service.errors import Conflict, Forbidden, NotFound

@@ -1,0 +1,22 @@
+"""Who is asking, and from where: everything an access decision and its audit
+record need. A request's caller is a principal; the command line acts as the
+operator (`OPERATOR`, no principal), and says so in the records it causes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.models import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, and from where: everything an audit record needs."""
+
+    principal: Principal
+    request_id: str | None = None
+    client_addr: str | None = None
+
+
+# The command line: no principal, recorded as role `operator` with request id `cli`.
+OPERATOR: Caller | None = None

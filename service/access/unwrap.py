@@ -1,0 +1,117 @@
+"""Unwrapping a patient's data key for the gate: the key cache first, else one
+Transit unwrap, recorded (`key.unwrap`, for `audit reconcile`); when Vault's own
+quota refuses it, nothing is released and the refusal is audited and alerted."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from crypto import DecryptionError, WrappedKey, key_context
+from crypto.keywrap import KeyWrapper
+from service.access.caller import Caller
+from service.access.keycache import KeyCache, cache_key
+from service.adapters.alerts import Alerter
+from service.adapters.postgres import UnitOfWork
+from service.audit.service import AuditLog
+from service.errors import IntegrityFailure, KeyServiceThrottled
+from service.metrics import Metrics
+from service.models import GateSnapshot, Patient
+
+log = logging.getLogger(__name__)
+
+
+class KeyUnwrapper:
+    def __init__(
+        self,
+        *,
+        keys: KeyWrapper,
+        cache: KeyCache,
+        audit: AuditLog,
+        alerts: Alerter,
+        metrics: Metrics,
+    ) -> None:
+        self._keys = keys
+        self._cache = cache
+        self._audit = audit
+        self._alerts = alerts
+        self._metrics = metrics
+
+    def unwrap(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        now: datetime,
+        *,
+        cause: str,
+        action: str,
+        note_id: str | None,
+        for_write: bool = False,
+        snapshot: GateSnapshot | None = None,
+    ) -> bytes | None:
+        row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
+        if row is None:
+            return None
+        ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
+        cached = self._cache.get(ckey)
+        if cached is not None:
+            self._metrics.key_cache.labels(result="hit").inc()
+            return cached
+        self._metrics.key_cache.labels(result="miss").inc()
+        try:
+            key = self._keys.unwrap(
+                WrappedKey(row.wrapped_key, row.key_version),
+                tenant_id=patient.tenant_id,
+                context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
+            )
+        except DecryptionError as e:
+            log.error("wrapped key failed to unwrap for patient %s", patient.id)
+            raise IntegrityFailure() from e
+        except KeyServiceThrottled:
+            self._vault_throttled(tx, caller, patient, now, action=action, note_id=note_id)
+            raise
+        # Vault logs every unwrap with its derivation context; this record names the
+        # request that caused it, so `audit reconcile` can match the two one to one.
+        self._audit.record(
+            tx,
+            action="key.unwrap",
+            outcome="granted",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason=cause,
+        )
+        self._cache.put(ckey, key)
+        return key
+
+    def _vault_throttled(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        now: datetime,
+        *,
+        action: str,
+        note_id: str | None,
+    ) -> None:
+        """Vault refused the unwrap (its quota for the tenant is spent): nothing is
+        released, so drop what this transaction charged, then record the refusal."""
+        tx.rollback()
+        self._audit.record(
+            tx,
+            action=action,
+            outcome="unavailable",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason="vault-unwrap-quota",
+        )
+        tx.commit()
+        self._metrics.vault_throttled.inc()
+        self._alerts.emit(
+            "vault-unwrap-quota-exceeded",
+            tenant_id=patient.tenant_id,
+            principal_id=caller.principal.id,
+            patient_id=patient.id,
+        )

@@ -1,0 +1,29 @@
+"""The dependencies every key operation shares."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from service.access.keycache import KeyCache
+from service.adapters.postgres import Store
+from service.audit.service import AuditLog
+from service.clock import Clock
+
+if TYPE_CHECKING:
+    from service.access.approvals import ApprovalsService
+    from service.access.limits import ActionLimiter
+from service.adapters.vault import VaultKeyService
+
+
+class KeyOperationsState:
+    """What the key operations share (set by KeyOperations.__init__)."""
+
+    _store: Store
+    _keys: VaultKeyService
+    _audit: AuditLog
+    _clock: Clock
+    _cache: KeyCache
+    _approvals: ApprovalsService | None
+    _limiter: ActionLimiter | None
+    _grace: timedelta
