@@ -16,7 +16,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 # Only what the wheel needs (service/openapi.yaml is a link to ../openapi.yaml).
-COPY pyproject.toml README.md openapi.yaml ./
+COPY pyproject.toml README.md openapi.yaml requirements.lock ./
 COPY crypto ./crypto
 COPY service ./service
 # Build the wheel first and install that (not the source tree), then check the
@@ -24,7 +24,7 @@ COPY service ./service
 # the Vault policies `sealednotes vault-setup` writes.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/sealednotes-*.whl \
+ && /opt/venv/bin/pip install -c requirements.lock /wheels/sealednotes-*.whl \
  && /opt/venv/bin/python -c "from importlib import resources as r; \
 s = r.files('service'); \
 need = ['openapi.yaml', 'vault_policies/sealednotes-service.hcl', \

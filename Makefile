@@ -4,13 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit bench drills clean
+.PHONY: dev test test-fast lint typecheck contracts unit bench drills lock clean
 
-$(STAMP): pyproject.toml
+# Every package at the version in requirements.lock (make lock to move them).
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+lock:
+	$(PYTHON) -m venv /tmp/sealednotes-lock && /tmp/sealednotes-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions of every package make test, make dev, CI and the image install"; \
+	  echo "# (pip constraints: pip install -c requirements.lock ...). Regenerate with make lock."; \
+	  /tmp/sealednotes-lock/bin/pip freeze --exclude-editable | grep -v '^sealednotes'; } > requirements.lock
+	rm -rf /tmp/sealednotes-lock
 
 dev: $(STAMP)
 	$(BIN)/sealednotes dev
@@ -22,10 +30,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+# The import contracts between layers (pyproject.toml, [tool.importlinter]).
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
+test: $(STAMP) lint typecheck contracts
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-unit: $(STAMP)
+# The unit layer only (crypto, the gate and use cases on in-memory fakes): seconds.
+test-fast unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 # Ops drills (root, Debian packages from .ci/run): the image builds and runs, nginx

@@ -16,7 +16,7 @@ LABELS = {
     "sealednotes": "Sealed Notes",
     "transit": "Vault-Transit-per-note peer",
 }
-# Targets from DESIGN.md "Speed": Sealed Notes / peer throughput.
+# Targets (README, Performance): Sealed Notes / peer throughput.
 TARGETS = {
     "read": {"plaintext": 0.6, "transit": 2.0},
     "create": {"plaintext": 0.5, "transit": 2.0},
@@ -40,7 +40,7 @@ def http_summary(
 ) -> dict[str, Any]:
     """Absolute numbers per system and Sealed Notes' ratios to each peer.
 
-    ``ratio`` is the throughput ratio (the DESIGN.md target). With CPU samples,
+    ``ratio`` is the throughput ratio (the target). With CPU samples,
     ``cpu_normalised_ratio`` is peer CPU per request / Sealed Notes CPU per
     request (server, PostgreSQL and OpenBao processes): the throughput ratio to
     expect where CPU is the only limit, and much less sensitive to other work on

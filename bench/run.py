@@ -1,6 +1,6 @@
 """`python -m bench.run`: start everything, run every case side by side, report.
 
-Cases (see DESIGN.md "Speed"):
+Cases (README, Performance):
 
 1. read:   GET /v1/notes/{id} on the plaintext peer, Sealed Notes (warm: key
            cached, patient already released this hour) and the Transit peer;
@@ -12,7 +12,7 @@ Cases (see DESIGN.md "Speed"):
 
 HTTP cases report throughput, p50/p99 latency and CPU time per request of each
 system's processes (see `bench.cpu`), and Sealed Notes' ratios to both peers,
-against the DESIGN.md targets. They run in interleaved slices (A B C, C B A) so
+against the targets. They run in interleaved slices (A B C, C B A) so
 background load on a shared machine falls on every system alike.
 
 Progress goes to stderr; the table and then one JSON object (absolute numbers

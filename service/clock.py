@@ -34,3 +34,7 @@ class ManualClock:
     def set(self, when: datetime) -> None:
         with self._lock:
             self._now = when
+
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)

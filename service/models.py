@@ -136,3 +136,37 @@ class Approval:
     status: str = "pending"  # pending | approved | rejected
     decided_by: str | None = None
     decided_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantIdp:
+    """A tenant's trusted token issuer. Nothing in it is secret."""
+
+    tenant_id: str
+    issuer: str
+    jwks_url: str
+    audience: str
+    principal_claim: str
+    role_claim: str | None
+    role_map: dict[str, list[str]]
+    allow_create: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "issuer": self.issuer,
+            "jwks_url": self.jwks_url,
+            "audience": self.audience,
+            "principal_claim": self.principal_claim,
+            "role_claim": self.role_claim,
+            "role_map": self.role_map,
+            "allow_create": self.allow_create,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    client_id: str
+    principal: Principal
+    jwks: dict[str, Any] | None
+    jwks_url: str | None

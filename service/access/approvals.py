@@ -20,11 +20,11 @@ from typing import Any
 from service.access.caller import Caller
 from service.access.limits import ActionLimiter
 from service.adapters.alerts import Alerter
-from service.adapters.postgres import Store, UnitOfWork
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, NotFound
 from service.models import Approval, Role
+from service.ports import Database, UnitOfWork
 
 # kind -> how it is carried out once approved: (transaction, approving admin,
 # the request) -> a JSON-able result. Registered by the use cases that own the action.
@@ -43,7 +43,7 @@ class ApprovalsService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Database,
         audit: AuditLog,
         alerts: Alerter,
         clock: Clock,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from service.adapters.postgres import Store
 from service.clock import Clock
 from service.errors import Unauthorized
 from service.models import Principal
+from service.ports import Database
 
 TOKEN_PREFIX = "snt_"
 MAX_TOKEN_LENGTH = 200
@@ -32,7 +32,7 @@ def parse_bearer(header: str | None) -> str:
     return token
 
 
-def authenticate(store: Store, clock: Clock, header: str | None) -> Principal:
+def authenticate(store: Database, clock: Clock, header: str | None) -> Principal:
     token = parse_bearer(header)
     with store.autocommit() as tx:
         principal = tx.principals.principal_by_token(hash_token(token), clock.now())

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from service.access.caller import Caller
-from service.adapters.postgres import DAY, HOUR, UnitOfWork
+from service.clock import DAY, HOUR
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded, TenantCapReached
 from service.models import BudgetUsage, Patient, Principal
+from service.ports import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,8 @@ from service.access.caller import Caller
 from service.access.keycache import KeyCache, cache_key
 from service.access.unwrap import KeyUnwrapper
 from service.adapters.alerts import Alerter
-from service.adapters.postgres import HOUR, UnitOfWork
 from service.audit.service import AuditLog
-from service.clock import Clock
+from service.clock import HOUR, Clock
 from service.config import Budgets
 from service.errors import (
     AccountSuspended,
@@ -42,6 +41,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.models import BudgetUsage, GateSnapshot, Patient, Principal
+from service.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
 TENANT_INCIDENT_EVERY = timedelta(minutes=10)

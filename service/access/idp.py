@@ -36,12 +36,12 @@ from service.access.jwtverify import (
     peek,
     verify_signature,
 )
-from service.adapters.postgres import Store, TenantIdp, UnitOfWork
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.config import IdpSettings
 from service.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
-from service.models import AuditEvent, Principal, Role
+from service.models import AuditEvent, Principal, Role, TenantIdp
+from service.ports import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class IdentityService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Database,
         audit: AuditLog,
         clock: Clock,
         settings: IdpSettings,

@@ -17,10 +17,11 @@ from datetime import datetime
 from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
 from service.adapters.alerts import Alerter
-from service.adapters.postgres import HOUR, UnitOfWork
 from service.audit.service import AuditLog
+from service.clock import HOUR
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded
+from service.ports import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)

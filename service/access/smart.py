@@ -32,12 +32,12 @@ from service.access.jwtverify import (
     usable_keys,
     verify_signature,
 )
-from service.adapters.postgres import OAuthClient, Store
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.config import IdpSettings
 from service.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
-from service.models import AuditEvent, Role
+from service.models import AuditEvent, OAuthClient, Role
+from service.ports import Database
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class SmartService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Database,
         audit: AuditLog,
         clock: Clock,
         settings: IdpSettings,

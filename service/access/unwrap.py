@@ -12,11 +12,11 @@ from crypto.keywrap import KeyWrapper
 from service.access.caller import Caller
 from service.access.keycache import KeyCache, cache_key
 from service.adapters.alerts import Alerter
-from service.adapters.postgres import UnitOfWork
 from service.audit.service import AuditLog
 from service.errors import IntegrityFailure, KeyServiceThrottled
 from service.metrics import Metrics
 from service.models import GateSnapshot, Patient
+from service.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from service.access.caller import Caller
-from service.adapters.postgres import Store, UnitOfWork
 from service.audit import chain as auditchain
 from service.audit.reconcile import (
     CREATE,
@@ -31,6 +30,7 @@ from service.audit.reconcile import (
 from service.clock import Clock
 from service.errors import Forbidden
 from service.models import AuditEvent, Role
+from service.ports import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class AuditService:
     """Checkpoints, verification, and the auditor's queries."""
 
     def __init__(
-        self, *, store: Store, signer: CheckpointSigner, audit: AuditLog, clock: Clock
+        self, *, store: Database, signer: CheckpointSigner, audit: AuditLog, clock: Clock
     ) -> None:
         self._store = store
         self._signer = signer
@@ -334,7 +334,7 @@ class AuditCheckpointer:
     workers and replicas take turns instead of signing the same heads.
     """
 
-    def __init__(self, service: AuditService, store: Store, interval: float) -> None:
+    def __init__(self, service: AuditService, store: Database, interval: float) -> None:
         self._service = service
         self._store = store
         self._interval = interval

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from crypto import DecryptionError, WrappedKey, key_context, open_sealed, seal
 from service.access.caller import Caller
-from service.adapters.postgres import UnitOfWork
 from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound
 from service.models import Approval, Patient, Role
 from service.notes.sealing import note_aad_for
+from service.ports import UnitOfWork
 
 if TYPE_CHECKING:
     from service.access.approvals import Pending

@@ -7,16 +7,16 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from service.access.keycache import KeyCache
-from service.adapters.postgres import Store
 from service.audit.service import AuditLog
 from service.clock import Clock
+from service.ports import Database
 
 if TYPE_CHECKING:
     from service.access.approvals import ApprovalsService
     from service.access.limits import ActionLimiter
-from service.adapters.vault import VaultKeyService
 from service.keys.erasure import PatientKeyErasure
 from service.keys.rotation import DEFAULT_BATCH, KeyRotation, RotationReport
+from service.ports import KeyService
 
 __all__ = ["DEFAULT_BATCH", "KeyOperations", "RotationReport"]
 
@@ -25,8 +25,8 @@ class KeyOperations(KeyRotation, PatientKeyErasure):
     def __init__(
         self,
         *,
-        store: Store,
-        keys: VaultKeyService,
+        store: Database,
+        keys: KeyService,
         audit: AuditLog,
         clock: Clock,
         cache: KeyCache,

@@ -6,21 +6,21 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from service.access.keycache import KeyCache
-from service.adapters.postgres import Store
 from service.audit.service import AuditLog
 from service.clock import Clock
+from service.ports import Database
 
 if TYPE_CHECKING:
     from service.access.approvals import ApprovalsService
     from service.access.limits import ActionLimiter
-from service.adapters.vault import VaultKeyService
+from service.ports import KeyService
 
 
 class KeyOperationsState:
     """What the key operations share (set by KeyOperations.__init__)."""
 
-    _store: Store
-    _keys: VaultKeyService
+    _store: Database
+    _keys: KeyService
     _audit: AuditLog
     _clock: Clock
     _cache: KeyCache

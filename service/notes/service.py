@@ -15,7 +15,6 @@ from crypto import DecryptionError, open_sealed, seal
 from service.access.budget import BudgetStatus
 from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
-from service.adapters.postgres import Store, UnitOfWork
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound, PreconditionFailed
@@ -27,6 +26,7 @@ from service.notes.sealing import (
     note_aad_for,
     request_digest,
 )
+from service.ports import Database, UnitOfWork
 
 if TYPE_CHECKING:
     from service.access.limits import ActionLimiter
@@ -72,7 +72,7 @@ class NotesService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Database,
         gate: KeyReleaseGate,
         audit: AuditLog,
         clock: Clock,

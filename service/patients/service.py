@@ -20,13 +20,12 @@ from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
 from service.access.limits import ActionLimiter
 from service.adapters.alerts import Alerter
-from service.adapters.postgres import DAY, HOUR, Store, UnitOfWork
-from service.adapters.vault import VaultKeyService
 from service.audit.service import AuditLog
-from service.clock import Clock
+from service.clock import DAY, HOUR, Clock
 from service.config import Budgets
 from service.errors import AccountSuspended, BudgetExceeded, Conflict, Forbidden, NotFound
 from service.models import Approval, Patient, Role
+from service.ports import Database, KeyService, UnitOfWork
 
 # Looked up in place of a patient that does not exist, so that "no such patient" and
 # "not yours" take the same queries (and the same time) for a clinician.
@@ -50,8 +49,8 @@ class PatientsService:
     def __init__(
         self,
         *,
-        store: Store,
-        keys: VaultKeyService,
+        store: Database,
+        keys: KeyService,
         audit: AuditLog,
         alerts: Alerter,
         gate: KeyReleaseGate,

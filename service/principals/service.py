@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from service.access.authentication import hash_token, new_token
 from service.access.caller import Caller
-from service.adapters.postgres import DAY, Store, UnitOfWork
 from service.audit.service import AuditLog
-from service.clock import Clock
+from service.clock import DAY, Clock
 from service.config import Budgets
 from service.errors import Conflict, Forbidden, NotFound
 from service.models import Approval, Principal, Role, Tenant
+from service.ports import Database, UnitOfWork
 
 if TYPE_CHECKING:
     from service.access.approvals import ApprovalsService, Pending
     from service.access.limits import ActionLimiter
-from service.adapters.vault import VaultKeyService
+from service.ports import KeyService
 
 # Vault keeps a rate-limit bucket per client address in memory and drops it once the
 # start of its current interval is more than three minutes old (OpenBao's stale age),
@@ -56,8 +56,8 @@ class PrincipalsService:
     def __init__(
         self,
         *,
-        store: Store,
-        keys: VaultKeyService,
+        store: Database,
+        keys: KeyService,
         audit: AuditLog,
         clock: Clock,
         token_ttl_days: int,

@@ -5,7 +5,7 @@
 # Ops create, rotate and retire Transit key versions, rewrap data keys, and
 # set up the mount, the policies and the service's AppRole. Ops never get key
 # material: export and backup are denied, and no policy grants `delete` on a
-# Transit key (DESIGN.md P3, P11, P13).
+# Transit key (docs/architecture.md: P3, P11, P13).
 #
 # MOUNT PATH: every path below assumes the Transit engine is mounted at
 # `transit` (the default of SEALEDNOTES_VAULT_MOUNT). If you set

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the whole API from openapi.yaml (DESIGN.md P12).
+"""Property-based fuzzing of the whole API from openapi.yaml (P12, docs/architecture.md).
 
 Schemathesis generates requests for every operation of the contract (its coverage phase: boundary
 and negative values of every parameter and body field, then a bounded hypothesis fuzzing phase,

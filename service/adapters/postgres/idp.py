@@ -4,47 +4,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from service.adapters.postgres.base import PRINCIPAL_COLUMNS, Repo, _principal
-from service.models import Principal
-
-
-@dataclass(frozen=True, slots=True)
-class TenantIdp:
-    """A tenant's trusted token issuer. Nothing in it is secret."""
-
-    tenant_id: str
-    issuer: str
-    jwks_url: str
-    audience: str
-    principal_claim: str
-    role_claim: str | None
-    role_map: dict[str, list[str]]
-    allow_create: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "tenant_id": self.tenant_id,
-            "issuer": self.issuer,
-            "jwks_url": self.jwks_url,
-            "audience": self.audience,
-            "principal_claim": self.principal_claim,
-            "role_claim": self.role_claim,
-            "role_map": self.role_map,
-            "allow_create": self.allow_create,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class OAuthClient:
-    client_id: str
-    principal: Principal
-    jwks: dict[str, Any] | None
-    jwks_url: str | None
-
+from service.models import OAuthClient, Principal, TenantIdp
 
 IDP_COLUMNS = (
     "tenant_id, issuer, jwks_url, audience, principal_claim, role_claim, role_map, allow_create"
