@@ -1,0 +1,172 @@
+"""Use cases over the in-memory unit of work (tests/fakes.py): notes through the
+gate and the write limit, and two-admin approvals. The PostgreSQL-backed versions
+of these properties live in tests/security/ and tests/api/."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from service.access.approvals import ApprovalsService
+from service.access.limits import ActionLimiter
+from service.config import Budgets
+from service.errors import BudgetExceeded, Conflict, Forbidden, NotFound
+from service.models import Approval, Principal, Role
+from service.notes.sealing import NoteContent
+from service.notes.service import NotesService
+from tests.fakes import World, _copy
+
+BUDGETS = Budgets(per_hour=3, per_day=5, writes_per_hour=2, admin_actions_per_hour=50)
+
+
+@pytest.fixture
+def w() -> World:
+    return World(BUDGETS)
+
+
+def notes_for(w: World) -> NotesService:
+    limiter = ActionLimiter(budgets=BUDGETS, gate=w.gate, audit=w.gate._audit, alerts=w.alerts)
+    return NotesService(
+        store=w.db, gate=w.gate, audit=w.gate._audit, clock=w.clock, limiter=limiter
+    )
+
+
+def test_a_note_round_trips_sealed_and_its_read_is_charged(w: World):
+    notes = notes_for(w)
+    pid = w.patient("p1")
+    note, replayed = notes.create(
+        w.caller(), pid, kind="progress", content=NoteContent("t", "body"), encounter_at=None
+    )
+    assert not replayed
+    sealed = w.db.committed.versions[(note.id, 1)].sealed
+    assert b"body" not in sealed
+    view, budget = notes.read(w.caller(), note.id)
+    assert view.content.body == "body"
+    assert budget.remaining == 2
+    assert len(w.db.committed.releases) == 1
+
+
+def test_the_write_limit_counts_distinct_patients_and_repeats_are_free(w: World):
+    notes = notes_for(w)
+    a, b, c = w.patient("a"), w.patient("b"), w.patient("c")
+    content = NoteContent(None, "x")
+    for pid in (a, b, a, b, a):
+        notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    with pytest.raises(BudgetExceeded) as refused:
+        notes.create(w.caller(), c, kind="progress", content=content, encounter_at=None)
+    assert refused.value.extra["scope"] == "write-hour"
+    # Refused before any key for `c` left Vault: no key was even created.
+    assert "c" not in w.db.committed.keys
+    assert len(w.audit(outcome="throttled", reason="write-hour", patient_id=c)) == 1
+    w.clock.advance(timedelta(hours=1, seconds=1))
+    notes.create(w.caller(), c, kind="progress", content=content, encounter_at=None)
+
+
+def test_reading_a_note_of_another_tenant_is_a_missing_note(w: World):
+    notes = notes_for(w)
+    pid = w.patient("p1")
+    note, _ = notes.create(
+        w.caller(), pid, kind="progress", content=NoteContent(None, "x"), encounter_at=None
+    )
+    s = w.db.state
+    s.principals["out"] = Principal("out", "t2", "out", Role.CLINICIAN)
+    w.db.committed = _copy(s)
+    with pytest.raises(NotFound):
+        notes.read(w.caller("out"), note.id)
+    assert len(w.audit(principal_id="out", reason="no-such-note")) == 1
+
+
+# -- two admins ------------------------------------------------------------------------
+
+
+def approvals_for(w: World) -> tuple[ApprovalsService, list[Approval]]:
+    s = w.db.state
+    s.principals["adm1"] = Principal("adm1", "t1", "adm1", Role.ADMIN)
+    s.principals["adm2"] = Principal("adm2", "t1", "adm2", Role.ADMIN)
+    w.db.committed = _copy(s)
+    limiter = ActionLimiter(budgets=BUDGETS, gate=w.gate, audit=w.gate._audit, alerts=w.alerts)
+    service = ApprovalsService(
+        store=w.db,
+        audit=w.gate._audit,
+        alerts=w.alerts,
+        clock=w.clock,
+        limiter=limiter,
+        hours=24,
+    )
+    executed: list[Approval] = []
+
+    def unlock(tx, caller, approval):  # type: ignore[no-untyped-def]
+        executed.append(approval)
+        tx.principals.unlock_principal(approval.target_principal_id, w.clock.now())
+        return {"unlocked": approval.target_principal_id}
+
+    service.register("unlock", unlock)
+    return service, executed
+
+
+def ask(w: World, service: ApprovalsService, who: str = "adm1") -> str:
+    with w.db.transaction() as tx:
+        pending = service.request(
+            tx, w.caller(who), "unlock", w.clock.now(), target_principal_id="doc"
+        )
+    return pending.approval.id
+
+
+def test_the_requester_cannot_approve_its_own_request(w: World):
+    service, executed = approvals_for(w)
+    aid = ask(w, service)
+    with pytest.raises(Forbidden):
+        service.approve(w.caller("adm1"), aid)
+    assert executed == []
+    assert w.db.committed.approvals[aid].status == "pending"
+
+
+def test_a_second_admin_approves_and_the_action_runs_once(w: World):
+    service, executed = approvals_for(w)
+    w.db.state.principals["doc"] = Principal(
+        "doc", "t1", "doc", Role.CLINICIAN, suspended_at=w.clock.now()
+    )
+    w.db.committed = _copy(w.db.state)
+    aid = ask(w, service)
+    decided, result = service.approve(w.caller("adm2"), aid)
+    assert (decided.status, decided.decided_by) == ("approved", "adm2")
+    assert result == {"unlocked": "doc"}
+    assert not w.db.committed.principals["doc"].suspended
+    with pytest.raises(Conflict):
+        service.approve(w.caller("adm2"), aid)
+    assert len(executed) == 1
+    # The database's triggers attribute the action to the approver, naming the request.
+    assert w.db.committed.actor["principal_id"] == "adm2"
+    assert aid in w.db.committed.actor["reason"]
+
+
+def test_an_expired_request_cannot_be_approved(w: World):
+    service, executed = approvals_for(w)
+    aid = ask(w, service)
+    w.clock.advance(timedelta(hours=24, seconds=1))
+    with pytest.raises(Conflict):
+        service.approve(w.caller("adm2"), aid)
+    assert executed == []
+
+
+def test_only_admins_decide_and_only_in_their_own_tenant(w: World):
+    service, executed = approvals_for(w)
+    aid = ask(w, service)
+    with pytest.raises(Forbidden):
+        service.approve(w.caller("doc2"), aid)
+    s = w.db.state
+    s.principals["adm9"] = Principal("adm9", "t2", "adm9", Role.ADMIN)
+    w.db.committed = _copy(s)
+    with pytest.raises(NotFound):
+        service.approve(w.caller("adm9"), aid)
+    assert executed == []
+
+
+def test_a_rejected_request_never_runs(w: World):
+    service, executed = approvals_for(w)
+    aid = ask(w, service)
+    assert service.reject(w.caller("adm2"), aid).status == "rejected"
+    with pytest.raises(Conflict):
+        service.approve(w.caller("adm2"), aid)
+    assert executed == []
