@@ -19,11 +19,12 @@ from typing import Any
 
 from service.access.caller import Caller
 from service.access.limits import ActionLimiter
+from service.access.roles import Permission, require
 from service.adapters.alerts import Alerter
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.errors import Conflict, Forbidden, NotFound
-from service.models import Approval, Role
+from service.models import Approval
 from service.ports import Database, UnitOfWork
 
 # kind -> how it is carried out once approved: (transaction, approving admin,
@@ -152,5 +153,4 @@ class ApprovalsService:
 
     @staticmethod
     def _require_admin(caller: Caller) -> None:
-        if caller.principal.role is not Role.ADMIN:
-            raise Forbidden("Only admins decide on approval requests")
+        require(caller, Permission.APPROVAL_DECIDE)

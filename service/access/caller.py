@@ -18,5 +18,16 @@ class Caller:
     client_addr: str | None = None
 
 
-# The command line: no principal, recorded as role `operator` with request id `cli`.
-OPERATOR: Caller | None = None
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """The command line: no principal and no tenant of its own. Records of what it
+    does name role `operator` and request id `cli`."""
+
+    request_id: str = "cli"
+    client_addr: None = None
+
+
+OPERATOR = Operator()
+
+# Who acts on rights (unlock, shred, grants): a request's caller or the operator.
+Actor = Caller | Operator

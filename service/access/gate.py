@@ -333,11 +333,6 @@ class KeyReleaseGate:
         )
         return patient
 
-    def usage(self, tx: UnitOfWork, principal: Principal) -> BudgetStatus:
-        now = self._clock.now()
-        usage = tx.ledger.budget_usage(principal.id, principal.tenant_id, None, now)
-        return self.budget_status(principal, usage, now)
-
     @staticmethod
     def break_glass_window(hours: float) -> timedelta:
         return timedelta(hours=hours)

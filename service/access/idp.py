@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.access.authentication import authenticate
+from service.access.caller import OPERATOR, Caller
 from service.access.jwtverify import (
     JwksCache,
     KeysUnavailable,
@@ -39,7 +40,14 @@ from service.access.jwtverify import (
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.config import IdpSettings
-from service.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
+from service.errors import (
+    AccountSuspended,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
 from service.models import AuditEvent, Principal, Role, TenantIdp
 from service.ports import Database, UnitOfWork
 
@@ -163,7 +171,7 @@ class IdentityService:
             other = tx.idp.tenant_using_issuer(issuer)
             if other is not None and other != tenant.id:
                 raise Conflict("Another tenant already trusts this issuer")
-            self._audit.attribute(tx, None)  # the database records the change
+            self._audit.attribute(tx, OPERATOR)  # the database records the change
             tx.idp.upsert_tenant_idp(idp, self._clock.now())
         self.jwks.clear()
         return idp
@@ -180,7 +188,7 @@ class IdentityService:
             tenant = tx.tenants.tenant_by_name(tenant_name)
             if tenant is None:
                 raise NotFound(f"No tenant named {tenant_name!r}")
-            self._audit.attribute(tx, None)  # the database records the change
+            self._audit.attribute(tx, OPERATOR)  # the database records the change
             return tx.idp.delete_tenant_idp(tenant.id)
 
     def link_subject(self, principal_id: str, subject: str) -> None:
@@ -192,7 +200,7 @@ class IdentityService:
             principal = tx.principals.principal(principal_id)
             if principal is None:
                 raise NotFound("No such principal")
-            self._audit.attribute(tx, None)  # the database records the link
+            self._audit.attribute(tx, OPERATOR)  # the database records the link
             now = self._clock.now()
             if not tx.idp.insert_identity(principal.tenant_id, subject, principal.id, now):
                 owner = tx.idp.principal_by_subject(principal.tenant_id, subject)
@@ -204,6 +212,23 @@ class IdentityService:
             return tx.idp.subjects_of(principal_id)
 
     # -- authentication ------------------------------------------------------------------
+
+    def caller_for(self, header: str | None, ctx: RequestContext, *, what: str) -> Caller:
+        """The caller of a request, or refuse it. A suspended account's attempts are
+        evidence: each is audited (`what` names the request) before the refusal."""
+        principal = self.authenticate(header, ctx)
+        found = Caller(principal, ctx.request_id, ctx.client_addr)
+        if principal.suspended:
+            with self._store.transaction() as tx:
+                self._audit.record(
+                    tx,
+                    action="request",
+                    outcome="denied",
+                    caller=found,
+                    reason=f"account-suspended {what}",
+                )
+            raise AccountSuspended()
+        return found
 
     def authenticate(self, header: str | None, ctx: RequestContext) -> Principal:
         """Any bearer token: a JWT of a tenant's issuer, or an opaque token."""

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.access.authentication import hash_token, new_token
+from service.access.caller import OPERATOR
 from service.access.jwtverify import (
     JwksCache,
     KeysUnavailable,
@@ -145,7 +146,7 @@ class SmartService:
             owner = tx.idp.oauth_client_owner(client_id)
             if owner is not None and owner != principal.id:
                 raise Conflict("This client id belongs to another principal")
-            self._audit.attribute(tx, None)  # the database records the registration
+            self._audit.attribute(tx, OPERATOR)  # the database records the registration
             tx.idp.upsert_oauth_client(
                 client_id, principal.id, document, jwks_url, self._clock.now()
             )

@@ -89,7 +89,7 @@ def parse_payload(payload: str) -> dict[int, tuple[int, bytes]]:
 class Problem:
     kind: str  # hash-mismatch | broken-link | missing-records | out-of-order |
     # truncated | checkpoint-mismatch | bad-checkpoint-signature | unknown-shard |
-    # time-regression | unsigned-shard
+    # time-regression
     detail: str
     record_id: int | None = None
     shard: int | None = None

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from service.access.caller import Caller
+from service.access.caller import Actor, Caller, Operator
+from service.access.roles import Permission, require
 from service.audit import chain as auditchain
 from service.audit.reconcile import (
     CREATE,
@@ -28,8 +29,7 @@ from service.audit.reconcile import (
     reconcile,
 )
 from service.clock import Clock
-from service.errors import Forbidden
-from service.models import AuditEvent, Role
+from service.models import AuditEvent
 from service.ports import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class AuditLog:
         *,
         action: str,
         outcome: str,
-        caller: Caller | None = None,
+        caller: Caller | Operator | None = None,
         tenant_id: str | None = None,
         patient_id: str | None = None,
         note_id: str | None = None,
@@ -50,14 +50,15 @@ class AuditLog:
         principal_id: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        p = caller.principal if caller else None
+        p = caller.principal if isinstance(caller, Caller) else None
+        operator = isinstance(caller, Operator)
         tx.audit.insert_audit_event(
             AuditEvent(
                 action=action,
                 outcome=outcome,
                 tenant_id=tenant_id or (p.tenant_id if p else None),
                 principal_id=principal_id or (p.id if p else None),
-                role=p.role.value if p else None,
+                role=p.role.value if p else ("operator" if operator else None),
                 patient_id=patient_id,
                 note_id=note_id,
                 reason=reason,
@@ -66,18 +67,15 @@ class AuditLog:
             ),
         )
 
-    def attribute(
-        self, tx: UnitOfWork, caller: Caller | None, *, reason: str | None = None
-    ) -> None:
+    def attribute(self, tx: UnitOfWork, actor: Actor, *, reason: str | None = None) -> None:
         """Name the actor of this transaction's access-rights changes: the database's
-        triggers write those records (service/migrations/0005), whoever changes what.
-        Without a caller the actor is the operator at the command line."""
-        p = caller.principal if caller else None
+        triggers write those records (service/migrations/0005), whoever changes what."""
+        p = actor.principal if isinstance(actor, Caller) else None
         tx.audit.set_actor(
             principal_id=p.id if p else None,
             role=p.role.value if p else "operator",
-            request_id=caller.request_id if caller else "cli",
-            client_addr=caller.client_addr if caller else None,
+            request_id=actor.request_id,
+            client_addr=actor.client_addr,
             reason=reason,
         )
 
@@ -102,9 +100,6 @@ class VerifyReport:
             "problems": self.problems,
             "records_per_second": round(self.checked / self.seconds) if self.seconds else None,
         }
-
-
-AUDITOR_ROLES = (Role.AUDITOR,)
 
 
 class AuditService:
@@ -193,8 +188,7 @@ class AuditService:
         after_id: int | None,
         **filters: Any,
     ) -> list[dict[str, Any]]:
-        if caller.principal.role not in AUDITOR_ROLES:
-            raise Forbidden("Only auditors read the access log")
+        require(caller, Permission.AUDIT_READ)
         with self._store.transaction() as tx:
             rows = tx.audit.audit_query(
                 tenant_id=caller.principal.tenant_id, limit=limit, after_id=after_id, **filters
@@ -211,8 +205,7 @@ class AuditService:
         return [_without_decoy_identity(r) for r in rows]
 
     def verify_as(self, caller: Caller) -> VerifyReport:
-        if caller.principal.role not in AUDITOR_ROLES:
-            raise Forbidden("Only auditors verify the access log")
+        require(caller, Permission.AUDIT_READ)
         report = self.verify()
         tenant_id = caller.principal.tenant_id
         with self._store.transaction() as tx:

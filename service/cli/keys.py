@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from service.access.caller import OPERATOR
 from service.cli.base import (
     _emit,
     _errors,
@@ -137,7 +138,7 @@ def patients_shred(patient_id: str, reason: str, yes: bool, as_json: bool) -> No
     from service.models import Patient
 
     with _errors():
-        p = _services().keyops.shred(patient_id, reason)
+        p = _services().keyops.shred(patient_id, reason, OPERATOR)
     assert isinstance(p, Patient)  # operators shred directly (with the grace period)
     _emit(
         as_json,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from service.access.caller import OPERATOR
 from service.cli.base import (
     _emit,
     _errors,
@@ -117,7 +118,7 @@ def principals_unlock(principal_id: str, as_json: bool) -> None:
     from service.models import Principal
 
     with _errors():
-        p = _services().principals.unlock(principal_id)
+        p = _services().principals.unlock(principal_id, OPERATOR)
     assert isinstance(p, Principal)  # operators unlock directly
     _emit(as_json, {"id": p.id, "suspended": p.suspended}, f"principal {p.id} unlocked")
 

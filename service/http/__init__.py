@@ -14,7 +14,7 @@ from flask import current_app, g, request
 from service.access.caller import Caller
 from service.access.idp import RequestContext
 from service.app import Services
-from service.errors import AccountSuspended, BadRequest, ServiceError, ValidationFailed
+from service.errors import BadRequest, ServiceError, ValidationFailed
 
 
 class UnsupportedMediaType(ServiceError):
@@ -30,26 +30,14 @@ def services() -> Services:
 
 def caller() -> Caller:
     if "caller" not in g:
-        svc = services()
-        # An opaque `snt_` token or a JWT of the tenant's identity provider (service/access/idp.py).
-        principal = svc.idp.authenticate(
+        # An opaque `snt_` token or a JWT of the tenant's identity provider
+        # (service/access/idp.py). X-Forwarded-For is deliberately ignored: clients
+        # could spoof it.
+        g.caller = services().idp.caller_for(
             request.headers.get("Authorization"),
             RequestContext(g.get("request_id"), request.remote_addr),
+            what=f"{request.method} {request.path}",
         )
-        # X-Forwarded-For is deliberately ignored: clients could spoof it.
-        new = Caller(principal, g.get("request_id"), request.remote_addr)
-        if principal.suspended:
-            # Refused attempts by a suspended account are evidence: audit them.
-            with svc.store.transaction() as tx:
-                svc.audit.record(
-                    tx,
-                    action="request",
-                    outcome="denied",
-                    caller=new,
-                    reason=f"account-suspended {request.method} {request.path}",
-                )
-            raise AccountSuspended()
-        g.caller = new
     c: Caller = g.caller
     return c
 

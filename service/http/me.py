@@ -9,11 +9,7 @@ bp = Blueprint("me", __name__)
 
 @bp.get("/v1/me")
 def me() -> Response:
-    c = caller()
-    svc = services()
-    p = c.principal
-    with svc.store.transaction() as tx:
-        status = svc.gate.usage(tx, p)
+    p, status = services().principals.me(caller())
     return jsonify(
         {
             "id": p.id,

@@ -7,9 +7,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from crypto import DecryptionError, WrappedKey, key_context, open_sealed, seal
-from service.access.caller import Caller
-from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound
-from service.models import Approval, Patient, Role
+from service.access.caller import OPERATOR, Actor, Caller
+from service.access.roles import Permission, require
+from service.errors import Conflict, IntegrityFailure, NotFound
+from service.models import Approval, Patient
 from service.notes.sealing import note_aad_for
 from service.ports import UnitOfWork
 
@@ -22,23 +23,24 @@ log = logging.getLogger(__name__)
 
 
 class PatientKeyErasure(KeyOperationsState):
-    def _patient(self, patient_id: str, caller: Caller | None) -> Patient:
+    def _patient(self, patient_id: str, actor: Actor) -> Patient:
         with self._store.transaction() as tx:
             patient = tx.patients.patient_by_id(patient_id)
-        if patient is None or (caller and patient.tenant_id != caller.principal.tenant_id):
+        if patient is None or (
+            isinstance(actor, Caller) and patient.tenant_id != actor.principal.tenant_id
+        ):
             raise NotFound("No such patient")
         return patient
 
-    def shred(
-        self, patient_id: str, reason: str, caller: Caller | None = None
-    ) -> Patient | Pending:
+    def shred(self, patient_id: str, reason: str, actor: Actor) -> Patient | Pending:
         """Crypto-shred a patient: it answers 410 at once, and its wrapped data key is
         destroyed when the grace period ends (`sealednotes maintenance run`), after
         which its notes can never be read again. An admin's shred waits for a second
-        admin; an operator's (command line, no caller) is recorded as such."""
-        if caller is not None and caller.principal.role is not Role.ADMIN:
-            raise Forbidden("Only admins shred patients")
-        patient = self._patient(patient_id, caller)
+        admin; the operator's (command line) is recorded as such."""
+        caller = actor if isinstance(actor, Caller) else None
+        if caller is not None:
+            require(caller, Permission.PATIENT_SHRED)
+        patient = self._patient(patient_id, actor)
         with self._store.transaction() as tx:
             now = self._clock.now()
             if caller is not None:
@@ -55,7 +57,7 @@ class PatientKeyErasure(KeyOperationsState):
                     params={"reason": reason},
                 )
             # The database records the shred (a trigger on patients), with this reason.
-            self._audit.attribute(tx, None, reason=reason)
+            self._audit.attribute(tx, OPERATOR, reason=reason)
             if not tx.patients.shred_patient(patient.tenant_id, patient.id, now, now + self._grace):
                 raise Conflict("The patient is already shredded")
             shredded = tx.patients.patient_by_id(patient.id)
@@ -88,8 +90,7 @@ class PatientKeyErasure(KeyOperationsState):
 
     def cancel_shred(self, caller: Caller, patient_id: str) -> Pending:
         """Undo a shred before its key is destroyed: always needs two admins."""
-        if caller.principal.role is not Role.ADMIN:
-            raise Forbidden("Only admins cancel a shred")
+        require(caller, Permission.PATIENT_SHRED)
         assert self._approvals is not None and self._limiter is not None
         patient = self._patient(patient_id, caller)
         with self._store.transaction() as tx:
@@ -120,7 +121,7 @@ class PatientKeyErasure(KeyOperationsState):
 
     def rekey(self, patient_id: str, reason: str) -> dict[str, Any]:
         """A new data key for one patient; every note version re-encrypted under it."""
-        patient = self._patient(patient_id, None)
+        patient = self._patient(patient_id, OPERATOR)
         if patient.shredded_at is not None:
             raise Conflict("The patient is shredded")
         context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)

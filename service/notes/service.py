@@ -15,10 +15,11 @@ from crypto import DecryptionError, open_sealed, seal
 from service.access.budget import BudgetStatus
 from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
+from service.access.roles import Permission, require
 from service.audit.service import AuditLog
 from service.clock import Clock
-from service.errors import Conflict, Forbidden, IntegrityFailure, NotFound, PreconditionFailed
-from service.models import NoteRow, NoteVersionRow, Role
+from service.errors import Conflict, IntegrityFailure, NotFound, PreconditionFailed
+from service.models import NoteRow, NoteVersionRow
 from service.notes.sealing import (
     NoteContent,
     decode,
@@ -64,8 +65,7 @@ class IdempotencyKeyReused(Conflict):
 
 
 def _require_clinician(caller: Caller) -> None:
-    if caller.principal.role is not Role.CLINICIAN:
-        raise Forbidden("Only clinicians read or write note content")
+    require(caller, Permission.NOTE_CONTENT)
 
 
 class NotesService:

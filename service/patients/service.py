@@ -19,6 +19,7 @@ from service.access.approvals import ApprovalsService, Pending
 from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
 from service.access.limits import ActionLimiter
+from service.access.roles import Permission, require
 from service.adapters.alerts import Alerter
 from service.audit.service import AuditLog
 from service.clock import DAY, HOUR, Clock
@@ -75,8 +76,7 @@ class PatientsService:
 
     def create(self, caller: Caller, external_id: str) -> Patient:
         p = caller.principal
-        if p.role is not Role.INTEGRATION:
-            raise Forbidden("Only the EHR integration registers patients")
+        require(caller, Permission.PATIENT_REGISTER)
         index = self._keys.blind_index(
             tenant_id=p.tenant_id, value=normalize_external_id(external_id)
         )
@@ -110,8 +110,7 @@ class PatientsService:
 
     def find(self, caller: Caller, external_id: str) -> Patient:
         p = caller.principal
-        if p.role not in (Role.INTEGRATION, Role.CLINICIAN):
-            raise Forbidden("Only integrations and clinicians look up patients")
+        require(caller, Permission.PATIENT_LOOKUP)
         index = self._keys.blind_index(
             tenant_id=p.tenant_id, value=normalize_external_id(external_id)
         )
@@ -128,8 +127,7 @@ class PatientsService:
 
     def get(self, caller: Caller, patient_id: str) -> Patient:
         p = caller.principal
-        if p.role not in (Role.INTEGRATION, Role.CLINICIAN):
-            raise Forbidden("Only integrations and clinicians read patient records")
+        require(caller, Permission.PATIENT_LOOKUP)
         with self._store.transaction() as tx:
             now = self._clock.now()
             self._limiter.charge(tx, caller, self._limiter.lookup, now, action="patient.read")
@@ -171,8 +169,7 @@ class PatientsService:
         """Add or extend a membership; True when new. An integration's grants are limited
         per hour; an admin's grants past the hourly threshold wait for a second admin."""
         p = caller.principal
-        if p.role not in (Role.INTEGRATION, Role.ADMIN):
-            raise Forbidden("Only integrations and admins manage care teams")
+        require(caller, Permission.CARE_TEAM_MANAGE)
         with self._store.transaction() as tx:
             now = self._clock.now()
             if p.role is Role.ADMIN:
@@ -220,8 +217,7 @@ class PatientsService:
 
     def remove_care_team(self, caller: Caller, patient_id: str, member_id: str) -> None:
         p = caller.principal
-        if p.role not in (Role.INTEGRATION, Role.ADMIN):
-            raise Forbidden("Only integrations and admins manage care teams")
+        require(caller, Permission.CARE_TEAM_MANAGE)
         with self._store.transaction() as tx:
             now = self._clock.now()
             limit = self._limiter.admin if p.role is Role.ADMIN else self._limiter.care_team
@@ -236,8 +232,7 @@ class PatientsService:
 
     def break_glass(self, caller: Caller, patient_id: str, reason: str) -> BreakGlass:
         p = caller.principal
-        if p.role is not Role.CLINICIAN:
-            raise Forbidden("Only clinicians may break the glass")
+        require(caller, Permission.BREAK_GLASS)
         if self._budgets.break_glass_per_day <= 0:
             raise Forbidden("Break-glass is disabled for this deployment")
         with self._store.transaction() as tx:
@@ -315,8 +310,7 @@ class PatientsService:
     def set_decoy(self, caller: Caller, patient_id: str, decoy: bool) -> Pending | None:
         """Arming a decoy is immediate; disarming it waits for a second admin."""
         p = caller.principal
-        if p.role is not Role.ADMIN:
-            raise Forbidden("Only admins mark decoy patients")
+        require(caller, Permission.DECOY_MANAGE)
         with self._store.transaction() as tx:
             now = self._clock.now()
             self._limiter.charge(tx, caller, self._limiter.admin, now, action="patient.decoy")

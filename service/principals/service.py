@@ -9,11 +9,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from service.access.authentication import hash_token, new_token
-from service.access.caller import Caller
+from service.access.budget import BudgetPolicy, BudgetStatus
+from service.access.caller import OPERATOR, Actor, Caller
+from service.access.roles import Permission, require
 from service.audit.service import AuditLog
 from service.clock import DAY, Clock
 from service.config import Budgets
-from service.errors import Conflict, Forbidden, NotFound
+from service.errors import Conflict, NotFound
 from service.models import Approval, Principal, Role, Tenant
 from service.ports import Database, UnitOfWork
 
@@ -108,7 +110,7 @@ class PrincipalsService:
         self._keys.ensure_tenant_keys(tenant_id)
         self.ensure_vault_quota(tenant)
         with self._store.transaction() as tx:
-            self._audit.attribute(tx, None)
+            self._audit.attribute(tx, OPERATOR)
             if not tx.tenants.insert_tenant(tenant_id, name, self._clock.now(), self._tenant_cap):
                 raise Conflict(f"Tenant {name!r} already exists")
         return tenant
@@ -119,7 +121,7 @@ class PrincipalsService:
         tenant = self.tenant(name)
         updated = Tenant(tenant.id, tenant.name, release_per_hour)
         with self._store.transaction() as tx:
-            self._audit.attribute(tx, None)
+            self._audit.attribute(tx, OPERATOR)
             tx.tenants.set_tenant_cap(tenant.id, release_per_hour)
             # Vault follows inside the transaction: if Vault refuses, the cap stays.
             self.ensure_vault_quota(updated)
@@ -149,7 +151,7 @@ class PrincipalsService:
             tenant = tx.tenants.tenant_by_name(tenant_name)
             if tenant is None:
                 raise NotFound(f"No tenant named {tenant_name!r}")
-            self._audit.attribute(tx, None)
+            self._audit.attribute(tx, OPERATOR)
             if not tx.principals.insert_principal(principal_id, tenant.id, name, role, now):
                 raise Conflict(f"A principal named {name!r} already exists in {tenant_name!r}")
             return self._issue(tx, principal_id, ttl_days)
@@ -165,20 +167,29 @@ class PrincipalsService:
         with self._store.transaction() as tx:
             if tx.principals.principal(principal_id) is None:
                 raise NotFound("No such principal")
-            self._audit.attribute(tx, None)
+            self._audit.attribute(tx, OPERATOR)
             return self._issue(tx, principal_id, ttl_days)
 
     def revoke_tokens(self, principal_id: str) -> int:
         with self._store.transaction() as tx:
             if tx.principals.principal(principal_id) is None:
                 raise NotFound("No such principal")
-            self._audit.attribute(tx, None)
+            self._audit.attribute(tx, OPERATOR)
             return tx.principals.revoke_tokens(principal_id, self._clock.now())
 
-    def unlock(self, principal_id: str, caller: Caller | None = None) -> Principal | Pending:
+    def me(self, caller: Caller) -> tuple[Principal, BudgetStatus]:
+        """The caller's own account and what is left of its key-release budget."""
+        p = caller.principal
+        with self._store.transaction() as tx:
+            now = self._clock.now()
+            usage = tx.ledger.budget_usage(p.id, p.tenant_id, None, now)
+        return p, BudgetPolicy(self._budgets).budget_status(p, usage, now)
+
+    def unlock(self, principal_id: str, actor: Actor) -> Principal | Pending:
         """Lift a suspension. An admin's unlock of an account suspended by a decoy, or
-        unlocked already within the last day, waits for a second admin. Operators at the
-        command line (no caller) unlock at once, and are recorded as such."""
+        unlocked already within the last day, waits for a second admin. The operator at
+        the command line unlocks at once, and is recorded as such."""
+        caller = actor if isinstance(actor, Caller) else None
         with self._store.transaction() as tx:
             now = self._clock.now()
             target = tx.principals.principal(principal_id)
@@ -197,8 +208,8 @@ class PrincipalsService:
                 return self._approvals.request(
                     tx, caller, "unlock", now, target_principal_id=target.id
                 )
-            self._audit.attribute(tx, caller)
-            self._unlock(tx, caller, target, now)
+            self._audit.attribute(tx, actor)
+            self._unlock(tx, actor, target, now)
             after = tx.principals.principal(principal_id)
         assert after is not None
         return after
@@ -209,16 +220,14 @@ class PrincipalsService:
         again = target.last_unlocked_at is not None and now - target.last_unlocked_at < DAY
         return by_decoy or again
 
-    def _unlock(
-        self, tx: UnitOfWork, caller: Caller | None, target: Principal, now: datetime
-    ) -> None:
+    def _unlock(self, tx: UnitOfWork, actor: Actor, target: Principal, now: datetime) -> None:
         if not tx.principals.unlock_principal(target.id, now):
             # Nothing changed, so no trigger fired: record the attempt itself.
             self._audit.record(
                 tx,
                 action="principal.unlock",
                 outcome="noop",
-                caller=caller,
+                caller=actor,
                 tenant_id=target.tenant_id,
                 reason=f"target={target.id} not suspended",
             )
@@ -236,7 +245,7 @@ class PrincipalsService:
         with self._store.transaction() as tx:
             if tx.principals.principal(principal_id) is None:
                 raise NotFound("No such principal")
-            self._audit.attribute(tx, None)
+            self._audit.attribute(tx, OPERATOR)
             tx.principals.suspend_principal(principal_id, f"operator: {reason}", self._clock.now())
 
     def set_budget(
@@ -282,7 +291,6 @@ class PrincipalsService:
         }
 
     def _admin_action(self, tx: UnitOfWork, caller: Caller, now: datetime, action: str) -> None:
-        if caller.principal.role is not Role.ADMIN:
-            raise Forbidden("Only admins manage principals")
+        require(caller, Permission.PRINCIPAL_MANAGE)
         if self._limiter is not None:
             self._limiter.charge(tx, caller, self._limiter.admin, now, action=action)

@@ -42,7 +42,8 @@ path "transit/datakey/plaintext/sealednotes-dek-*" {
 # service's credentials would unwrap tens of thousands of keys per second.
 # Each tenant's decrypt path also carries a Vault rate-limit quota
 # (sys/quotas/rate-limit/sealednotes-unwrap-<tenant>, written by vault-setup and
-# `tenants create`): Vault's own hourly unwrap budget, whoever holds this policy.
+# `tenants create`): Vault's own unwrap budget (counted in 3-minute windows),
+# whoever holds this policy.
 # Only the two parameters the workers send: an unknown parameter's name would be
 # logged in clear by Vault's audit device, and a huge one could make that log line
 # unreadable to `audit reconcile`.

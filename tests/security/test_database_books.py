@@ -584,3 +584,25 @@ def test_a_far_future_release_is_not_free_for_ever(
             "SELECT released_at, recorded_at FROM key_releases WHERE patient_id = %s", (mine[0],)
         ).fetchone()
     assert released_at <= recorded_at + timedelta(minutes=5)  # clamped by the database
+
+
+def test_every_function_of_the_schema_pins_its_search_path_with_pg_temp_last(
+    db_url: str, clean_db: None
+) -> None:
+    """A function without a fixed search_path resolves relations in the caller's
+    temporary schema first: a session could shadow what a guard reads."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT p.proname, p.proconfig FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'public' AND p.proname LIKE 'sealednotes%'"
+        ).fetchall()
+    assert len(rows) >= 10
+    unpinned = [
+        name
+        for name, config in rows
+        if not any(
+            c.startswith("search_path=") and c.rstrip().endswith("pg_temp") for c in config or []
+        )
+    ]
+    assert unpinned == []

@@ -285,7 +285,8 @@ def test_budget_status_reports_what_is_left_and_when_it_resets(w: World):
     w.clock.advance(timedelta(minutes=10))
     w.read(pids[1])
     with w.db.transaction() as tx:
-        status = w.gate.usage(tx, w.caller().principal)
+        usage = tx.ledger.budget_usage("doc", "t1", None, w.clock.now())
+    status = w.gate.budget_status(w.caller().principal, usage, w.clock.now())
     assert (status.limit, status.remaining) == (3, 1)
     assert status.reset_seconds == 50 * 60
     assert (status.day_limit, status.day_remaining) == (5, 3)

@@ -170,3 +170,21 @@ def test_a_rejected_request_never_runs(w: World):
     with pytest.raises(Conflict):
         service.approve(w.caller("adm2"), aid)
     assert executed == []
+
+
+def test_the_operator_is_recorded_as_the_operator(w: World):
+    from service.access.caller import OPERATOR
+    from service.audit.service import AuditLog
+
+    with w.db.transaction() as tx:
+        AuditLog().attribute(tx, OPERATOR, reason="ticket 42")
+        AuditLog().record(tx, action="principal.unlock", outcome="noop", caller=OPERATOR)
+    assert w.db.committed.actor == {
+        "principal_id": None,
+        "role": "operator",
+        "request_id": "cli",
+        "client_addr": None,
+        "reason": "ticket 42",
+    }
+    event = w.db.committed.audit[-1]
+    assert (event.role, event.request_id, event.principal_id) == ("operator", "cli", None)
