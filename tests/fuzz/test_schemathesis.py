@@ -248,17 +248,13 @@ class FuzzEnv:
             if op == "findPatient" and isinstance(case.query.get("external_id"), str):
                 if zlib.crc32(case.query["external_id"].encode()) % 2:
                     case.query["external_id"] = MRN
-        if (
-            op == "amendNote"
-            and case.headers
-            and "If-Match" in case.headers
-            and not is_negative_at(case, ParameterLocation.HEADER)
-        ):
+        if op == "amendNote" and not is_negative_at(case, ParameterLocation.HEADER):
             # The coverage phase keeps an If-Match that breaks the pattern (`0`) in its cases
-            # aimed at the body, which would stop them all at 400; and a random version is stale.
-            if_match = str(case.headers["If-Match"])
+            # aimed at the body, which would stop them all at 400; a random version is
+            # stale; and a missing one only ever meets 428.
+            if_match = str((case.headers or {}).get("If-Match", ""))
             if not IF_MATCH_RE.match(if_match) or zlib.crc32(if_match.encode()) % 2:
-                case.headers["If-Match"] = f'"{self.note_version}"'
+                case.headers = {**(case.headers or {}), "If-Match": f'"{self.note_version}"'}
         fhir_fuzz.aim(self, case, op)
 
     def observe(self, case: AnyCase, response: Response) -> None:
