@@ -34,8 +34,13 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
+# Two pytest workers (each with its own OpenBao and database; a file's tests stay on
+# one worker), then the schemathesis fuzzing on its own: it expands its cases at run
+# time, which pytest-xdist would collapse into one.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) lint typecheck contracts
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --ignore=tests/fuzz $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/fuzz $(PYTEST_ARGS)
 
 # The unit layer only (crypto, the gate and use cases on in-memory fakes): seconds.
 test-fast unit: $(STAMP)

@@ -116,7 +116,13 @@ def _ensure_login_role(conn: psycopg.Connection[Any], role: str) -> sql.Identifi
     ident = sql.Identifier(role)
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if not exists:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+        # Roles are cluster-wide: a migration of another database may create it at the
+        # same moment (two environments, or parallel test workers sharing a server).
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            pass
     db = conn.execute("SELECT current_database()").fetchone()
     assert db is not None
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db[0]), ident))
