@@ -1,4 +1,4 @@
-"""In-memory implementations of service/ports.py, for unit tests of the gate and the
+"""In-memory implementations of service/ports/, for unit tests of the gate and the
 use cases: the same rules as the PostgreSQL repositories (windows, distinct patients,
 append-only ledgers, the database's own tenant cap), none of the I/O.
 

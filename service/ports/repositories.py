@@ -1,19 +1,12 @@
-"""The interfaces the use cases and the gate depend on (PEP 544 protocols).
-
-The PostgreSQL adapter (service/adapters/postgres/) and the Vault adapter
-(service/adapters/vault/) implement them; tests/fakes.py implements them in memory,
-so the gate's and the use cases' rules are tested in milliseconds. Wiring happens in
-one place: service/app.py.
-"""
+"""The database's side of the ports: one repository per aggregate. The PostgreSQL
+adapter (service/adapters/postgres/) implements each; tests/fakes.py in memory."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from crypto import NewDataKey, WrappedKey
 from service.models import (
     Approval,
     AuditEvent,
@@ -343,97 +336,3 @@ class IdpRepository(Protocol):
     def claim_assertion_jti(
         self, client_id: str, jti: str, expires_at: datetime, now: datetime
     ) -> bool: ...
-
-
-class UnitOfWork(Protocol):
-    """One transaction; every repository runs on it."""
-
-    @property
-    def tenants(self) -> TenantsRepository: ...
-
-    @property
-    def principals(self) -> PrincipalsRepository: ...
-
-    @property
-    def patients(self) -> PatientsRepository: ...
-
-    @property
-    def keys(self) -> KeysRepository: ...
-
-    @property
-    def ledger(self) -> LedgerRepository: ...
-
-    @property
-    def approvals(self) -> ApprovalsRepository: ...
-
-    @property
-    def notes(self) -> NotesRepository: ...
-
-    @property
-    def audit(self) -> AuditRepository: ...
-
-    @property
-    def idp(self) -> IdpRepository: ...
-
-    def commit(self) -> None: ...
-
-    def rollback(self) -> None: ...
-
-    def ping(self) -> None: ...
-
-
-class Database(Protocol):
-    """Opens units of work (service/adapters/postgres/store.py)."""
-
-    def transaction(self) -> AbstractContextManager[UnitOfWork]: ...
-
-    def autocommit(self) -> AbstractContextManager[UnitOfWork]: ...
-
-    def close(self) -> None: ...
-
-
-# -- Vault -----------------------------------------------------------------------------
-
-
-class TransitKeys(Protocol):
-    """What the API workers do with Transit (crypto.KeyWrapper and more)."""
-
-    @property
-    def mount(self) -> str: ...
-
-    def new_data_key(self, *, tenant_id: str, context: bytes) -> NewDataKey: ...
-
-    def unwrap(self, wrapped: WrappedKey, *, tenant_id: str, context: bytes) -> bytes: ...
-
-    def blind_index(self, *, tenant_id: str, value: str) -> str: ...
-
-    def sign(self, message: bytes) -> str: ...
-
-    def verify(self, message: bytes, signature: str) -> bool: ...
-
-    def health(self) -> dict[str, Any]: ...
-
-
-class KeyAdministration(Protocol):
-    """What operators do in Vault for tenants and rotation (never key material)."""
-
-    @property
-    def mount(self) -> str: ...
-
-    def ensure_tenant_keys(self, tenant_id: str) -> None: ...
-
-    def ensure_unwrap_quota(self, tenant_id: str, *, rate: int, interval: str) -> None: ...
-
-    def dek_key_info(self, tenant_id: str) -> dict[str, Any]: ...
-
-    def rotate_dek(self, tenant_id: str) -> int: ...
-
-    def set_min_decryption_version(self, tenant_id: str, version: int) -> None: ...
-
-    def rewrap_batch(
-        self, tenant_id: str, items: list[tuple[str, bytes]]
-    ) -> list[WrappedKey | None]: ...
-
-
-class KeyService(TransitKeys, KeyAdministration, Protocol):
-    """Both: the Vault adapter (service/adapters/vault/) is one object."""
