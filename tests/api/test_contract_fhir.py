@@ -1,5 +1,5 @@
 """Contract tests of the EHR integration operations (/fhir/R4, /oauth2/token) against
-openapi.yaml, with the checker of test_contract.py: every response's status, media type,
+openapi.yaml, with the checker of contract.py: every response's status, media type,
 body schema and declared headers; every operation succeeds at least once; every secured one
 refuses a missing or bogus token with a 401 OperationOutcome."""
 
@@ -19,7 +19,7 @@ from service.access.smart import ASSERTION_TYPE
 from service.cli import main as cli
 from service.fhir.resources import LOINC
 from service.models import Role
-from tests.api.test_contract import (
+from tests.api.contract import (
     EHR_PREFIXES,
     EHR_PUBLIC,
     Checked,

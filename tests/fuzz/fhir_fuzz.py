@@ -1,5 +1,5 @@
 """Fuzzing the EHR integration operations (/fhir/R4, /oauth2/token): who calls what, and how
-generated requests are aimed at real data (test_schemathesis.py calls these hooks).
+generated requests are aimed at real data (harness.py calls these hooks).
 
 A generated DocumentReference rarely carries base64 of valid UTF-8 text for a real patient,
 and a generated client assertion is never signed: most of the time (deterministically, by a
@@ -19,6 +19,7 @@ from schemathesis.core.parameters import ParameterLocation
 
 from service.access.smart import ASSERTION_TYPE
 from service.models import Role
+from tests.fuzz.aiming import is_negative_at, pick
 from tests.oidc import ec_key, public_jwks, signed
 
 FHIR_OPERATION_ROLES: dict[str, Role | None] = {
@@ -80,8 +81,6 @@ def document(patient_id: str) -> dict[str, Any]:
 
 
 def aim(env: Any, case: Any, op: str) -> None:
-    from tests.fuzz.test_schemathesis import is_negative_at, pick
-
     body_positive = not is_negative_at(case, ParameterLocation.BODY)
     query_positive = not is_negative_at(case, ParameterLocation.QUERY)
     if op == "oauth2Token" and body_positive and isinstance(case.body, dict):
