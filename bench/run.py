@@ -37,15 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import auditbench, micro, report, roundtrips
-from bench.cpu import CpuMeter
-from bench.loadgen import HttpRequest, LoadResult, combine, resolve_tool, run_load
-from bench.seed import Dataset, check_response_body, seed_peers, seed_sealednotes
+from bench import auditbench, flame, micro, report, roundtrips
+from bench.httpcase import log, preflight, run_http_case
+from bench.loadgen import resolve_tool
+from bench.seed import seed_peers, seed_sealednotes
 from bench.stack import (
     REPO_ROOT,
     ServerProcess,
@@ -56,12 +54,7 @@ from bench.stack import (
 )
 from service.adapters.vault import VaultKeyService
 
-CASES = ("read", "create", "audit", "micro", "trace")
-MAX_WARMUP_SLICES = 5
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+CASES = ("read", "create", "flame", "audit", "micro", "trace")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,6 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}"
     )
     p.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument(
+        "--flame-out",
+        type=Path,
+        default=Path("bench-flame-read.svg"),
+        help="the warm read's flame graph (py-spy, SVG)",
+    )
+    p.add_argument("--flame-seconds", type=float, default=10.0)
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and data for a look")
     args = p.parse_args(argv)
     args.only = {c.strip() for c in args.only.split(",") if c.strip()}
@@ -105,145 +105,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.audit_seconds is None:
         args.audit_seconds = max(1.0, args.seconds / 2)
     return args
-
-
-def _http(url: str, request: HttpRequest | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    req = urllib.request.Request(  # noqa: S310 - loopback only
-        url,
-        data=request.body if request else None,
-        method=request.method if request else "GET",
-        headers=dict(request.headers) if request else {},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def preflight(servers: dict[str, ServerProcess], data: Dataset) -> None:
-    """Every system answers the same note with the same text, and accepts a create."""
-    note = data.notes[-1]
-    read = data.read_requests()
-    read_one = next(r for r in read if r.path.endswith(note.id))
-    create_one = data.create_requests()[0]
-    for name, server in servers.items():
-        status, body = _http(server.url + read_one.path, read_one)
-        if status != 200 or not check_response_body(body, note):
-            raise RuntimeError(f"{name}: pre-flight read answered {status}; see {server.log_path}")
-        status, _ = _http(server.url + create_one.path, create_one)
-        if status != 201:
-            raise RuntimeError(f"{name}: pre-flight create answered {status}")
-
-
-def key_cache_counts(server: ServerProcess) -> dict[str, float]:
-    """Sealed Notes' key cache hit/miss counters, summed over its workers."""
-    status, body = _http(server.url + "/metrics")
-    counts = {"hit": 0.0, "miss": 0.0}
-    if status != 200:
-        return counts
-    for line in body.decode().splitlines():
-        if line.startswith("sealednotes_key_cache_total{"):
-            labels, _, value = line.rpartition(" ")
-            for result in counts:
-                if f'result="{result}"' in labels:
-                    counts[result] += float(value)
-    return counts
-
-
-def warm_up(
-    server: ServerProcess,
-    requests: list[HttpRequest],
-    args: argparse.Namespace,
-    workdir: Path,
-    *,
-    until_keys_cached: bool,
-) -> None:
-    """Unmeasured load first. For Sealed Notes, "warm" means every worker already
-    holds every patient's key: repeat warm-up slices (at most MAX_WARMUP_SLICES)
-    until one passes without a key-cache miss."""
-    if args.warmup <= 0:
-        return
-    for _ in range(MAX_WARMUP_SLICES if until_keys_cached else 1):
-        before = key_cache_counts(server) if until_keys_cached else None
-        run_load(
-            server.url,
-            requests,
-            seconds=args.warmup,
-            connections=args.connections,
-            tool=args.loadgen,
-            workdir=workdir,
-        )
-        if before is None or key_cache_counts(server)["miss"] == before["miss"]:
-            return
-
-
-def run_http_case(
-    case: str,
-    requests: list[HttpRequest],
-    servers: dict[str, ServerProcess],
-    stack: Stack,
-    args: argparse.Namespace,
-    workdir: Path,
-) -> dict[str, Any]:
-    """Every system under the same load, in interleaved slices: the measured
-    `args.seconds` per system are split into `args.rounds` slices, run in the
-    order A B C, then C B A, and so on, so that a drift in background load on the
-    machine falls on every system alike. Each slice has its own warm-up."""
-    slices: dict[str, list[LoadResult]] = {name: [] for name in servers}
-    postmaster = stack.postmaster_pid()
-    meters: dict[str, CpuMeter] = {}
-    for name, server in servers.items():
-        roots = {"server": server.pid or 0, "openbao": stack.bao_pid or 0}
-        if postmaster is not None:
-            roots["postgres"] = postmaster
-        meters[name] = CpuMeter(roots)
-    cpu: dict[str, dict[str, float]] = {name: {} for name in servers}
-    loadavg: dict[str, list[float]] = {name: [] for name in servers}
-    cache_delta = {"hit": 0.0, "miss": 0.0}
-    order = list(servers)
-    seconds = args.seconds / args.rounds
-    for round_ in range(args.rounds):
-        for name in order if round_ % 2 == 0 else order[::-1]:
-            server = servers[name]
-            log(f"{case}: {name} (slice {round_ + 1}/{args.rounds}, {seconds:g} s)")
-            warm_up(server, requests, args, workdir, until_keys_cached=name == "sealednotes")
-            loadavg[name].append(round(os.getloadavg()[0], 2))
-            before = key_cache_counts(server) if name == "sealednotes" else None
-            cpu_before = meters[name].sample()
-            result = run_load(
-                server.url,
-                requests,
-                seconds=seconds,
-                connections=args.connections,
-                tool=args.loadgen,
-                workdir=workdir,
-            )
-            for k, v in CpuMeter.delta(cpu_before, meters[name].sample()).items():
-                cpu[name][k] = cpu[name].get(k, 0.0) + v
-            if before is not None:
-                after = key_cache_counts(server)
-                for k in cache_delta:
-                    cache_delta[k] += after[k] - before[k]
-            log(
-                f"{case}: {name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                f"p99 {result.p99_ms:.2f} ms, {result.errors} errors"
-            )
-            slices[name].append(result)
-    combined = {name: combine(r) for name, r in slices.items()}
-    cpu_per_request = {
-        name: {k: v / combined[name].requests * 1000 for k, v in cpu[name].items()}
-        for name in servers
-        if cpu[name] and combined[name].requests
-    }
-    summary = report.http_summary(case, combined, cpu_per_request)
-    summary["slices_rps"] = {
-        name: [round(r.rps, 1) for r in results] for name, results in slices.items()
-    }
-    summary["key_cache"] = {k: int(v) for k, v in cache_delta.items()}
-    summary["loadavg"] = loadavg
-    summary["requests_in_rotation"] = len(requests)
-    return summary
 
 
 def git_revision() -> str:
@@ -328,12 +189,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "loadavg_start": round(os.getloadavg()[0], 2),
             }
         }
-        if {"read", "create"} & args.only:
+        if {"read", "create", "flame"} & args.only:
             servers = {
                 "plaintext": peer_server(stack, "plaintext", shape, workdir),
                 "sealednotes": sealednotes_server(stack, shape, workdir / "metrics", workdir),
                 "transit": peer_server(stack, "transit", shape, workdir),
             }
+            if "read" in args.only:
+                servers["plaintext-sync"] = peer_server(
+                    stack, "plaintext", shape, workdir, sync=True
+                )
             for name, server in servers.items():
                 log(f"starting {name} on {server.url}")
                 server.start()
@@ -342,9 +207,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 summary["read"] = run_http_case(
                     "read", data.read_requests(), servers, stack, args, workdir
                 )
+            if "flame" in args.only:
+                log(f"flame graph of the warm read ({args.flame_seconds:g} s under load)")
+                svg = flame.record_flame_graph(
+                    servers["sealednotes"],
+                    data.read_requests(),
+                    out=args.flame_out,
+                    seconds=args.flame_seconds,
+                    connections=args.connections,
+                    loadgen=args.loadgen,
+                    workdir=workdir,
+                )
+                summary["flame_graph"] = str(svg) if svg else "py-spy unavailable"
             if "create" in args.only:
+                three = {k: v for k, v in servers.items() if k != "plaintext-sync"}
                 summary["create"] = run_http_case(
-                    "create", data.create_requests(), servers, stack, args, workdir
+                    "create", data.create_requests(), three, stack, args, workdir
                 )
             for server in servers.values():
                 server.stop()

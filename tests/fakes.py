@@ -278,6 +278,15 @@ class FakeLedger(_Repo):
             key=self.s.keys.get(patient_id) if patient else None,
         )
 
+    def note_gate_snapshot(
+        self, principal_id: str, tenant_id: str, note_id: str, now: datetime
+    ) -> tuple[NoteRow, NoteVersionRow | None, GateSnapshot] | None:
+        note = self.s.notes.get(note_id)
+        if note is None or note.tenant_id != tenant_id:
+            return None
+        version = self.s.versions.get((note.id, note.current_version))
+        return note, version, self.gate_snapshot(principal_id, tenant_id, note.patient_id, now)
+
     def lock_tenant_budget(self, tenant_id: str) -> None:
         return None
 

@@ -40,7 +40,14 @@ from service.errors import (
     NotFound,
 )
 from service.metrics import Metrics
-from service.models import BudgetUsage, GateSnapshot, Patient, Principal
+from service.models import (
+    BudgetUsage,
+    GateSnapshot,
+    NoteRow,
+    NoteVersionRow,
+    Patient,
+    Principal,
+)
 from service.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -114,10 +121,11 @@ class KeyReleaseGate:
         *,
         action: str,
         note_id: str | None,
+        snapshot: GateSnapshot | None = None,
     ) -> tuple[Patient, str, GateSnapshot]:
         """Identity, suspension, object access and the decoy trap (one read)."""
         p = caller.principal
-        snap = tx.ledger.gate_snapshot(p.id, p.tenant_id, patient_id, now)
+        snap = snapshot or tx.ledger.gate_snapshot(p.id, p.tenant_id, patient_id, now)
         if not snap.principal_found or snap.suspended:
             raise AccountSuspended()
         patient, care, glass = snap.patient, snap.on_care_team, snap.break_glass
@@ -227,6 +235,23 @@ class KeyReleaseGate:
 
     # -- the gate ---------------------------------------------------------------------
 
+    def release_note(
+        self, tx: UnitOfWork, caller: Caller, note_id: str, *, action: str
+    ) -> tuple[NoteRow, NoteVersionRow | None, Release] | None:
+        """Release the key of a note's patient for reading it: the note, its current
+        version and the gate's snapshot come in one statement (a warm read's only
+        read). None when the tenant has no such note (the caller denies it)."""
+        now = self._clock.now()
+        p = caller.principal
+        found = tx.ledger.note_gate_snapshot(p.id, p.tenant_id, note_id, now)
+        if found is None:
+            return None
+        note, version, snapshot = found
+        release = self.release(
+            tx, caller, note.patient_id, action=action, note_id=note.id, _seen=(now, snapshot)
+        )
+        return note, version, release
+
     def release(
         self,
         tx: UnitOfWork,
@@ -235,11 +260,12 @@ class KeyReleaseGate:
         *,
         action: str,
         note_id: str | None = None,
+        _seen: tuple[datetime, GateSnapshot] | None = None,
     ) -> Release:
         """Release a patient's data key for reading, or raise (after auditing)."""
-        now = self._clock.now()
+        now, snapshot = _seen if _seen is not None else (self._clock.now(), None)
         patient, via, snap = self._access(
-            tx, caller, patient_id, now, action=action, note_id=note_id
+            tx, caller, patient_id, now, action=action, note_id=note_id, snapshot=snapshot
         )
         # Care team: the principal's budget and the tenant cap. Break-glass: its own
         # budget was charged when it was opened; the tenant cap still applies.

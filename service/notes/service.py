@@ -283,14 +283,11 @@ class NotesService:
     def read(self, caller: Caller, note_id: str) -> tuple[NoteView, BudgetStatus]:
         _require_clinician(caller)
         with self._store.transaction() as tx:
-            found = tx.notes.note_with_current_version(caller.principal.tenant_id, note_id)
+            found = self._gate.release_note(tx, caller, note_id, action="note.read")
             if found is None:
                 self._deny_missing_note(tx, caller, note_id, "note.read")
             assert found is not None
-            note, row = found
-            release = self._gate.release(
-                tx, caller, note.patient_id, action="note.read", note_id=note.id
-            )
+            note, row, release = found
         if row is None:
             raise IntegrityFailure()
         return NoteView(note, self._decrypt(release.key, note, row)), release.budget

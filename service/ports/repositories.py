@@ -144,6 +144,10 @@ class LedgerRepository(Protocol):
         self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
     ) -> GateSnapshot: ...
 
+    def note_gate_snapshot(
+        self, principal_id: str, tenant_id: str, note_id: str, now: datetime
+    ) -> tuple[NoteRow, NoteVersionRow | None, GateSnapshot] | None: ...
+
     def lock_tenant_budget(self, tenant_id: str) -> None: ...
 
     def budget_usage(

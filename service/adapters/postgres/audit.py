@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from service.adapters.postgres.base import (
     AUDIT_LOCK_CLASS,
     Repo,
+    outside_transaction,
 )
 from service.audit import chain as auditchain
 from service.errors import (
@@ -27,18 +28,29 @@ from service.models import (
 log = logging.getLogger(__name__)
 
 
+APPEND = "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+
 class AuditRepository(Repo):
     def insert_audit_event(self, event: AuditEvent) -> None:
         """Append to an audit chain. Fails closed: AuditUnavailable."""
         preferred = self.conn.info.backend_pid % auditchain.SHARDS
+        params = (preferred, *(getattr(event, k) for k in auditchain.FIELDS))
         try:
             # One round trip: the function takes the shard's lock (held until commit,
             # so committed records of a shard are always a gapless prefix), dates the
-            # record by the database clock, chains and inserts it.
-            self.conn.execute(
-                "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (preferred, *(getattr(event, k) for k in auditchain.FIELDS)),
-            )
+            # record by the database clock, chains and inserts it. When the unit of
+            # work has written nothing (a warm read), the record commits on its own in
+            # that same round trip: durable before anything is returned, no BEGIN or
+            # COMMIT of its own.
+            if outside_transaction(self.conn):
+                self.conn.autocommit = True
+                try:
+                    self.conn.execute(APPEND, params)
+                finally:
+                    self.conn.autocommit = False
+            else:
+                self.conn.execute(APPEND, params)
         except psycopg.Error as e:
             log.error("audit write failed: %s", type(e).__name__)
             raise AuditUnavailable() from e

@@ -149,3 +149,20 @@ class Repo:
 
     def _all(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         return self.conn.execute(sql, params).fetchall()
+
+    def _read_one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+        """A read that needs no transaction of its own: when none is open yet, run it
+        on its own (no BEGIN round trip). Reads at READ COMMITTED see a fresh snapshot
+        per statement either way; anything that writes or locks opens the transaction."""
+        if outside_transaction(self.conn):
+            self.conn.autocommit = True
+            try:
+                return self.conn.execute(sql, params).fetchone()
+            finally:
+                self.conn.autocommit = False
+        return self.conn.execute(sql, params).fetchone()
+
+
+def outside_transaction(conn: psycopg.Connection[Any]) -> bool:
+    """No transaction open on this (non-autocommit) connection yet."""
+    return not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 import psycopg.errors
@@ -16,6 +17,7 @@ from service.adapters.postgres.base import (
     HOUR,
     PRINCIPAL_USAGE_SQL,
     Repo,
+    _note,
 )
 from service.errors import (
     Forbidden,
@@ -24,6 +26,8 @@ from service.errors import (
 from service.models import (
     BudgetUsage,
     GateSnapshot,
+    NoteRow,
+    NoteVersionRow,
     Patient,
     PatientKeyRow,
 )
@@ -38,74 +42,59 @@ class LedgerRepository(Repo):
         """Suspension, patient, care team, break-glass, this principal's budget usage and
         the wrapped key: one round trip for the common (warm) read. The tenant-wide
         count is left out: it is only needed, under lock, for a new release."""
-        row = self._one(
-            """
-            SELECT
-              pr.suspended_at,
-              pt.id AS pt_id, pt.tenant_id AS pt_tenant, pt.is_decoy, pt.shredded_at,
-              pt.created_at AS pt_created,
-              EXISTS (SELECT 1 FROM care_team c WHERE c.patient_id = %(pt)s
-                        AND c.principal_id = %(p)s AND (c.until IS NULL OR c.until > %(now)s))
-                AS care,
-              EXISTS (SELECT 1 FROM break_glass b WHERE b.patient_id = %(pt)s
-                        AND b.principal_id = %(p)s AND b.opened_at <= %(now)s
-                        AND b.expires_at > %(now)s) AS glass,
-              k.wrapped_key, k.key_version,
-              u.hour, u.day, u.patient_in_hour, u.patient_in_day, u.hour_oldest, u.day_oldest
-            FROM principals pr
-            LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s
-            LEFT JOIN patient_keys k ON k.patient_id = pt.id
-            CROSS JOIN LATERAL ("""
-            + PRINCIPAL_USAGE_SQL
-            + """) u
-            WHERE pr.id = %(p)s
-            """,
-            {
-                "p": principal_id,
-                "t": tenant_id,
-                "pt": patient_id,
-                "now": now,
-                "hour_ago": now - HOUR,
-                "day_ago": now - DAY,
-                "horizon": now + CLOCK_SKEW,
-            },
+        row = self._read_one(
+            "SELECT " + _SNAPSHOT_COLUMNS + " FROM principals pr"
+            " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s"
+            + _SNAPSHOT_JOINS.format(patient="%(pt)s")
+            + " WHERE pr.id = %(p)s",
+            self._window(principal_id, tenant_id, now, pt=patient_id),
+        )
+        return _snapshot(row)
+
+    def note_gate_snapshot(
+        self, principal_id: str, tenant_id: str, note_id: str, now: datetime
+    ) -> tuple[NoteRow, NoteVersionRow | None, GateSnapshot] | None:
+        """A note with its current version and the gate's snapshot for its patient, in
+        one statement: a warm read's only read. None: no such note in the tenant."""
+        row = self._read_one(
+            "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
+            " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
+            " v.version AS v_version, v.sealed, v.author_id, v.created_at AS v_created_at,"
+            " pr.id IS NOT NULL AS principal_found, " + _SNAPSHOT_COLUMNS + " FROM notes n"
+            " LEFT JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version"
+            " LEFT JOIN principals pr ON pr.id = %(p)s"
+            " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = n.patient_id"
+            + _SNAPSHOT_JOINS.format(patient="n.patient_id")
+            + " WHERE n.tenant_id = %(t)s AND n.id = %(note)s",
+            self._window(principal_id, tenant_id, now, note=note_id),
         )
         if row is None:
-            return GateSnapshot(False, True, None, False, False, _NO_USAGE, None)
-        patient = (
-            Patient(
-                id=str(row["pt_id"]),
-                tenant_id=str(row["pt_tenant"]),
-                is_decoy=row["is_decoy"],
-                shredded_at=row["shredded_at"],
-                created_at=row["pt_created"],
+            return None
+        note = _note(row)
+        version = (
+            NoteVersionRow(
+                note_id=note.id,
+                version=row["v_version"],
+                sealed=bytes(row["sealed"]),
+                author_id=str(row["author_id"]),
+                created_at=row["v_created_at"],
             )
-            if row["pt_id"] is not None
+            if row["v_version"] is not None
             else None
         )
-        key = (
-            PatientKeyRow(str(row["pt_id"]), row["wrapped_key"], row["key_version"])
-            if row["wrapped_key"] is not None
-            else None
-        )
-        return GateSnapshot(
-            principal_found=True,
-            suspended=row["suspended_at"] is not None,
-            patient=patient,
-            on_care_team=bool(row["care"]) and patient is not None,
-            break_glass=bool(row["glass"]) and patient is not None,
-            usage=BudgetUsage(
-                hour=row["hour"],
-                day=row["day"],
-                tenant_hour=0,
-                patient_in_hour=row["patient_in_hour"],
-                patient_in_day=row["patient_in_day"],
-                hour_oldest=row["hour_oldest"],
-                day_oldest=row["day_oldest"],
-                tenant_oldest=None,
-            ),
-            key=key,
-        )
+        return note, version, _snapshot(row if row["principal_found"] else None)
+
+    @staticmethod
+    def _window(principal_id: str, tenant_id: str, now: datetime, **extra: str) -> dict[str, Any]:
+        return {
+            "p": principal_id,
+            "t": tenant_id,
+            "now": now,
+            "hour_ago": now - HOUR,
+            "day_ago": now - DAY,
+            "horizon": now + CLOCK_SKEW,
+            **extra,
+        }
 
     def lock_tenant_budget(self, tenant_id: str) -> None:
         # Serialises new releases within a tenant so the tenant cap is exact.
@@ -254,3 +243,63 @@ class LedgerRepository(Repo):
         except psycopg.errors.InsufficientPrivilege as e:
             raise Forbidden("This database role may not prune: use the maintenance role") from e
         return {r["ledger"]: int(r["deleted"]) for r in rows}
+
+
+# The gate's snapshot: the principal's suspension, the patient, care team and
+# break-glass, the wrapped key and the principal's usage (service/access/gate.py).
+_SNAPSHOT_COLUMNS = (
+    "pr.suspended_at,"
+    " pt.id AS pt_id, pt.tenant_id AS pt_tenant, pt.is_decoy, pt.shredded_at,"
+    " pt.created_at AS pt_created, ca.care, gl.glass,"
+    " k.wrapped_key, k.key_version,"
+    " u.hour, u.day, u.patient_in_hour, u.patient_in_day, u.hour_oldest, u.day_oldest"
+)
+_SNAPSHOT_JOINS = (
+    " LEFT JOIN patient_keys k ON k.patient_id = pt.id"
+    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM care_team c"
+    "   WHERE c.patient_id = {patient} AND c.principal_id = %(p)s"
+    "   AND (c.until IS NULL OR c.until > %(now)s)) AS care) ca"
+    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM break_glass b"
+    "   WHERE b.patient_id = {patient} AND b.principal_id = %(p)s"
+    "   AND b.opened_at <= %(now)s AND b.expires_at > %(now)s) AS glass) gl"
+    " CROSS JOIN LATERAL (" + PRINCIPAL_USAGE_SQL.replace("%(pt)s", "{patient}") + ") u"
+)
+
+
+def _snapshot(row: dict[str, Any] | None) -> GateSnapshot:
+    if row is None:
+        return GateSnapshot(False, True, None, False, False, _NO_USAGE, None)
+    patient = (
+        Patient(
+            id=str(row["pt_id"]),
+            tenant_id=str(row["pt_tenant"]),
+            is_decoy=row["is_decoy"],
+            shredded_at=row["shredded_at"],
+            created_at=row["pt_created"],
+        )
+        if row["pt_id"] is not None
+        else None
+    )
+    key = (
+        PatientKeyRow(str(row["pt_id"]), row["wrapped_key"], row["key_version"])
+        if row["wrapped_key"] is not None
+        else None
+    )
+    return GateSnapshot(
+        principal_found=True,
+        suspended=row["suspended_at"] is not None,
+        patient=patient,
+        on_care_team=bool(row["care"]) and patient is not None,
+        break_glass=bool(row["glass"]) and patient is not None,
+        usage=BudgetUsage(
+            hour=row["hour"],
+            day=row["day"],
+            tenant_hour=0,
+            patient_in_hour=row["patient_in_hour"],
+            patient_in_day=row["patient_in_day"],
+            hour_oldest=row["hour_oldest"],
+            day_oldest=row["day_oldest"],
+            tenant_oldest=None,
+        ),
+        key=key,
+    )

@@ -8,13 +8,15 @@ Database failures are translated into `DatabaseUnavailable`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -29,6 +31,7 @@ from service.adapters.postgres.uow import UnitOfWork
 from service.errors import DatabaseUnavailable, ServiceError
 
 log = logging.getLogger(__name__)
+_HELD: ContextVar[_Held | None] = ContextVar("sealednotes_request_connection", default=None)
 
 
 class Store:
@@ -74,17 +77,15 @@ class Store:
                     max_size=self._max_size,
                     timeout=self._timeout,
                     kwargs=self._connect_kwargs(),
+                    # No `reset` callback: with one, the pool hands every returned
+                    # connection to its worker thread (a wake-up per request).
                     check=self._check_if_idle,
-                    reset=self._mark_returned,
                     open=False,
                     name="sealednotes",
                 )
                 self._pool.open(wait=False)
                 self._pid = os.getpid()
             return self._pool
-
-    def _mark_returned(self, conn: psycopg.Connection[Any]) -> None:
-        self._returned_at[conn] = time.monotonic()
 
     def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
         # A connection used moments ago is healthy enough to try; one that sat idle
@@ -118,11 +119,33 @@ class Store:
                 conn.autocommit = False
 
     @contextmanager
+    def request_scope(self) -> Iterator[None]:
+        """Within this block (one HTTP request), the units of work of this thread share
+        one pooled connection, checked out at first use and returned at the end:
+        authentication and the use case pay for one checkout, not two. A unit of
+        work opened while another is still open gets a connection of its own."""
+        held = _Held()
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            held.release()
+
+    @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         deadline.check()
         try:
+            held = _HELD.get()
+            if held is not None and held.store in (None, self) and not held.busy:
+                with held.use(self) as conn:
+                    yield conn
+                return
             with self.pool().connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._returned_at[conn] = time.monotonic()
         except ServiceError:
             raise
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
@@ -150,3 +173,49 @@ class Store:
             maintenance_role=maintenance_role,
             up_to=up_to,
         )
+
+
+class _Held:
+    """The connection of one request scope (Store.request_scope)."""
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.busy = False
+        self._checkout: AbstractContextManager[psycopg.Connection[dict[str, Any]]] | None = None
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+
+    @contextmanager
+    def use(self, store: Store) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        if self._conn is None:
+            self.store = store
+            self._checkout = store.pool().connection()
+            self._conn = self._checkout.__enter__()
+        conn = self._conn
+        self.busy = True
+        try:
+            yield conn
+        except BaseException:
+            # As the pool does when a checkout ends in an error: roll back; a broken
+            # connection is dropped now (the next unit of work checks out afresh).
+            if conn.broken or conn.closed:
+                self.release(error=True)
+            else:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+            raise
+        else:
+            conn.commit()
+        finally:
+            self.busy = False
+
+    def release(self, *, error: bool = False) -> None:
+        checkout, conn = self._checkout, self._conn
+        self._checkout = self._conn = None
+        if checkout is None or conn is None:
+            return
+        assert self.store is not None
+        self.store._returned_at[conn] = time.monotonic()
+        if error:
+            checkout.__exit__(psycopg.OperationalError, psycopg.OperationalError(), None)
+        else:
+            checkout.__exit__(None, None, None)
