@@ -43,17 +43,22 @@ def test_app_role_cannot_update_delete_or_truncate(app_db_url: str, busy_log: An
 def revoked_insert(db_url: str) -> Iterator[None]:
     from tests.conftest import APP_ROLE
 
+    # Both ways in: one record at a time, and group commit's batches.
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"REVOKE EXECUTE ON FUNCTION {APPEND_FN} FROM {APP_ROLE}")
+        for fn in APPEND_FNS:
+            conn.execute(f"REVOKE EXECUTE ON FUNCTION {fn} FROM {APP_ROLE}")
     try:
         yield
     finally:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(f"GRANT EXECUTE ON FUNCTION {APPEND_FN} TO {APP_ROLE}")
+            for fn in APPEND_FNS:
+                conn.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO {APP_ROLE}")
 
 
-APPEND_FN = (
-    "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)"
+APPEND_FNS = (
+    "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)",
+    "sealednotes_audit_append_batch(integer, uuid[], uuid[], text[], uuid[], uuid[], text[],"
+    " text[], text[], text[], text[])",
 )
 
 
@@ -68,7 +73,8 @@ def test_reads_fail_closed_when_the_audit_record_cannot_be_written(
     from tests.conftest import APP_ROLE
 
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"REVOKE EXECUTE ON FUNCTION {APPEND_FN} FROM {APP_ROLE}")
+        for fn in APPEND_FNS:
+            conn.execute(f"REVOKE EXECUTE ON FUNCTION {fn} FROM {APP_ROLE}")
     try:
         for path in (
             f"/v1/notes/{note['id']}",
@@ -84,7 +90,8 @@ def test_reads_fail_closed_when_the_audit_record_cannot_be_written(
         assert r.status_code == 503
     finally:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(f"GRANT EXECUTE ON FUNCTION {APPEND_FN} TO {APP_ROLE}")
+            for fn in APPEND_FNS:
+                conn.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO {APP_ROLE}")
     with psycopg.connect(db_url) as conn:  # the failed write left nothing behind
         assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 1
     assert api.get(f"/v1/notes/{note['id']}", dr.token).status_code == 200

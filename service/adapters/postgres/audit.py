@@ -17,6 +17,7 @@ from service.adapters.postgres.base import (
     Repo,
     outside_transaction,
 )
+from service.adapters.postgres.groupcommit import AuditGroupCommit
 from service.audit import chain as auditchain
 from service.errors import (
     AuditUnavailable,
@@ -32,25 +33,27 @@ APPEND = "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s
 
 
 class AuditRepository(Repo):
+    def __init__(
+        self, conn: psycopg.Connection[dict[str, Any]], group: AuditGroupCommit | None = None
+    ) -> None:
+        super().__init__(conn)
+        self._group = group
+
     def insert_audit_event(self, event: AuditEvent) -> None:
         """Append to an audit chain. Fails closed: AuditUnavailable."""
+        if self._group is not None and outside_transaction(self.conn):
+            # The unit of work has written nothing (a warm read): the record commits
+            # on its own, together with those of concurrent requests, before this
+            # returns; no BEGIN or COMMIT of its own.
+            self._group.append(self.conn, [event])
+            return
         preferred = self.conn.info.backend_pid % auditchain.SHARDS
         params = (preferred, *(getattr(event, k) for k in auditchain.FIELDS))
         try:
             # One round trip: the function takes the shard's lock (held until commit,
             # so committed records of a shard are always a gapless prefix), dates the
-            # record by the database clock, chains and inserts it. When the unit of
-            # work has written nothing (a warm read), the record commits on its own in
-            # that same round trip: durable before anything is returned, no BEGIN or
-            # COMMIT of its own.
-            if outside_transaction(self.conn):
-                self.conn.autocommit = True
-                try:
-                    self.conn.execute(APPEND, params)
-                finally:
-                    self.conn.autocommit = False
-            else:
-                self.conn.execute(APPEND, params)
+            # record by the database clock, chains and inserts it.
+            self.conn.execute(APPEND, params)
         except psycopg.Error as e:
             log.error("audit write failed: %s", type(e).__name__)
             raise AuditUnavailable() from e

@@ -108,6 +108,8 @@ APP_GRANTS: dict[str, tuple[str, ...]] = {
 }
 APP_FUNCTIONS = (
     "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)",
+    "sealednotes_audit_append_batch(integer, uuid[], uuid[], text[], uuid[], uuid[], text[],"
+    " text[], text[], text[], text[])",
 )
 MAINTENANCE_FUNCTIONS = ("sealednotes_prune(interval)", "sealednotes_destroy_due_keys()")
 

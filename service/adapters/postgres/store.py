@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 from service import deadline
 from service.adapters.postgres import schema
 from service.adapters.postgres.base import IDLE_CHECK_SECONDS
+from service.adapters.postgres.groupcommit import AuditGroupCommit
 from service.adapters.postgres.uow import UnitOfWork
 from service.errors import DatabaseUnavailable, ServiceError
 
@@ -50,6 +51,8 @@ class Store:
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._group: AuditGroupCommit | None = None
+        self._group_pid: int | None = None
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
         )
@@ -67,6 +70,15 @@ class Store:
             f"-c idle_in_transaction_session_timeout={statement_ms * 5}",
             "application_name": "sealednotes",
         }
+
+    def _group_commit(self) -> AuditGroupCommit:
+        # One per process, like the pool (its lock must not be shared across a fork).
+        if self._group is None or self._group_pid != os.getpid():
+            with self._lock:
+                if self._group is None or self._group_pid != os.getpid():
+                    self._group = AuditGroupCommit()
+                    self._group_pid = os.getpid()
+        return self._group
 
     def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:
         with self._lock:
@@ -106,7 +118,7 @@ class Store:
         """One transaction: committed at the end of the block, rolled back on error
         (unless the use case called `tx.commit()` first, e.g. to keep a denial)."""
         with self._connection() as conn:
-            yield UnitOfWork(conn)
+            yield UnitOfWork(conn, self._group_commit())
 
     @contextmanager
     def autocommit(self) -> Iterator[UnitOfWork]:

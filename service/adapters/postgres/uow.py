@@ -12,6 +12,7 @@ import psycopg
 
 from service.adapters.postgres.approvals import ApprovalsRepository
 from service.adapters.postgres.audit import AuditRepository
+from service.adapters.postgres.groupcommit import AuditGroupCommit
 from service.adapters.postgres.idp import IdpRepository
 from service.adapters.postgres.keys import KeysRepository
 from service.adapters.postgres.ledger import LedgerRepository
@@ -22,7 +23,9 @@ from service.adapters.postgres.tenants import TenantsRepository
 
 
 class UnitOfWork:
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[dict[str, Any]], group: AuditGroupCommit | None = None
+    ) -> None:
         self.conn = conn
         self.tenants = TenantsRepository(conn)
         self.principals = PrincipalsRepository(conn)
@@ -31,7 +34,7 @@ class UnitOfWork:
         self.ledger = LedgerRepository(conn)
         self.approvals = ApprovalsRepository(conn)
         self.notes = NotesRepository(conn)
-        self.audit = AuditRepository(conn)
+        self.audit = AuditRepository(conn, group)
         self.idp = IdpRepository(conn)
 
     def commit(self) -> None:
