@@ -123,7 +123,7 @@ def _append_once(conn: psycopg.Connection[dict[str, Any]], mode: str, ids: Audit
     event = _event(ids)
     now = datetime.now(UTC)
     if mode == "chained":
-        UnitOfWork(conn).insert_audit_event(event, now)
+        UnitOfWork(conn).audit.insert_audit_event(event)
     else:
         conn.execute(
             PLAIN_INSERT,
@@ -210,3 +210,68 @@ def run_audit_bench(
                     )
                 )
     return runs
+
+
+def verify_rates(stack: Stack, records: int = 200_000) -> dict[str, Any]:
+    """`audit verify` over a log of at least `records` records: a full pass, then an
+    incremental one after one more checkpoint's worth of records (1%)."""
+    from dataclasses import replace
+
+    from bench.seed import bench_settings
+    from service.app import build_services
+
+    svc = build_services(replace(bench_settings(stack), pool_min=1, pool_max=2))
+    audit = svc.audit_service
+    with psycopg.connect(stack.owner_url, autocommit=True) as conn:
+        have = int(conn.execute("SELECT count(*) FROM audit_events").fetchone()[0])
+    _append_bulk(stack, max(0, records - have))
+    audit.checkpoint()
+    full = audit.verify(full=True)
+    _append_bulk(stack, records // 100)
+    audit.checkpoint()
+    incremental = audit.verify(full=False)
+    svc.store.close()
+    return {
+        "full": {
+            "checked": full.checked,
+            "records_per_second": full.as_dict()["records_per_second"],
+            "ok": full.ok,
+            "seconds": round(full.seconds, 2),
+        },
+        "incremental": {
+            "checked": incremental.checked,
+            "ok": incremental.ok,
+            "seconds": round(incremental.seconds, 3),
+            "from_checkpoint": incremental.from_checkpoint,
+        },
+    }
+
+
+def _append_bulk(stack: Stack, n: int, batch: int = 1000) -> None:
+    """n records through the database's own batch append (chained and dated there)."""
+    if n <= 0:
+        return
+    tenant = "11111111-1111-4111-8111-111111111111"
+    with psycopg.connect(stack.app_url, autocommit=True) as conn:
+        done = 0
+        while done < n:
+            k = min(batch, n - done)
+            conn.execute(
+                "SELECT sealednotes_audit_append_batch(%s, %s::uuid[], %s::uuid[], %s::text[],"
+                " %s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],"
+                " %s::text[])",
+                (
+                    done % 16,
+                    [tenant] * k,
+                    [None] * k,
+                    ["clinician"] * k,
+                    [None] * k,
+                    [None] * k,
+                    ["note.read"] * k,
+                    ["granted"] * k,
+                    [None] * k,
+                    [f"bench-{done + i}" for i in range(k)],
+                    ["127.0.0.1"] * k,
+                ),
+            )
+            done += k

@@ -165,6 +165,16 @@ def render_table(summary: dict[str, Any]) -> str:
             )
         lines.append(f"{'':<7}req/s per slice: {data['slices_rps']}")
         lines.append(f"{'':<7}1-min load average before each slice: {data['loadavg']}")
+    if "audit_verify" in summary:
+        v = summary["audit_verify"]
+        lines.append("")
+        lines.append(
+            f"AUDIT VERIFY  full: {v['full']['checked']:,} records in {v['full']['seconds']} s "
+            f"({v['full']['records_per_second']:,} records/s, target >= 100,000: "
+            f"{'ok' if (v['full']['records_per_second'] or 0) >= 100_000 else 'MISSED'}); "
+            f"incremental from checkpoint {v['incremental']['from_checkpoint']}: "
+            f"{v['incremental']['checked']:,} records in {v['incremental']['seconds']} s"
+        )
     if "flame_graph" in summary:
         lines.append("")
         lines.append(

@@ -243,6 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stack, ids, concurrencies=args.audit_writers, seconds=args.audit_seconds
             )
             summary["audit_chain"] = report.audit_summary(runs)
+            log("audit verify: full and incremental, over 200,000 records")
+            summary["audit_verify"] = auditbench.verify_rates(stack)
         if "micro" in args.only:
             log("crypto micro-benchmarks")
             results = micro.crypto_micro(note_bytes=2048, seconds=args.micro_seconds)

@@ -110,7 +110,13 @@ def build_services(
         budgets=settings.budgets,
         clock=clock,
     )
-    audit_service = AuditService(store=store, signer=keys, audit=audit, clock=clock)
+    audit_service = AuditService(
+        store=store,
+        signer=keys,
+        audit=audit,
+        clock=clock,
+        request_limit=settings.audit_verify_request_limit,
+    )
     idp = IdentityService(store=store, audit=audit, clock=clock, settings=settings.idp)
     limiter = ActionLimiter(budgets=settings.budgets, gate=gate, audit=audit, alerts=alerts)
     approvals = ApprovalsService(

@@ -144,6 +144,9 @@ class Settings:
     token_ttl_days: int = 90
     alert_webhook_url: str | None = None
     audit_checkpoint_seconds: float = 300.0
+    # GET /v1/audit/verify reads at most this many records (since the last verified
+    # checkpoint); past it, 503 and retry once the background verification caught up.
+    audit_verify_request_limit: int = 500_000
     max_body_chars: int = 1024 * 1024
     idp: IdpSettings = field(default_factory=IdpSettings)
 
@@ -232,6 +235,9 @@ class Settings:
             alert_webhook_url=env.get("SEALEDNOTES_ALERT_WEBHOOK_URL") or None,
             audit_checkpoint_seconds=float(
                 _int(env, "SEALEDNOTES_AUDIT_CHECKPOINT_SECONDS", 300, minimum=0)
+            ),
+            audit_verify_request_limit=_int(
+                env, "SEALEDNOTES_AUDIT_VERIFY_REQUEST_LIMIT", 500_000, minimum=1
             ),
             idp=IdpSettings.from_env(env),
         )

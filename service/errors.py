@@ -126,6 +126,11 @@ class ServiceUnavailable(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class VerificationBacklog(ServiceUnavailable):
+    slug = "audit-verification-backlog"
+    title = "Too many records since the last verified checkpoint to verify in a request"
+
+
 class Overloaded(ServiceUnavailable):
     slug = "overloaded"
     title = "The service is at capacity; retry after a short pause"

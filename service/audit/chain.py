@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,9 +50,13 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_sha256 = hashlib.sha256
+
+
 def canonical(at: datetime, fields: dict[str, Any]) -> bytes:
     values = [_iso(at)] + [None if fields.get(k) is None else str(fields[k]) for k in FIELDS]
-    return json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _dumps(values).encode("utf-8")
 
 
 def link(prev_hash: bytes, shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
@@ -78,6 +82,31 @@ def checkpoint_payload(
     return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
 
+def verification_payload(
+    checkpoint_id: int, checkpoint_payload_text: str, checked: int, verified_at: datetime
+) -> str:
+    """The exact text a verification record signs: this checkpoint's chains were
+    found intact. Distinct from a checkpoint's payload (`kind`), so neither
+    signature can pass for the other."""
+    body = {
+        "v": CHECKPOINT_VERSION,
+        "kind": "verification",
+        "checkpoint": checkpoint_id,
+        "checkpoint_sha256": hashlib.sha256(checkpoint_payload_text.encode()).hexdigest(),
+        "checked": checked,
+        "verified_at": _iso(verified_at),
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def parse_verification(payload: str) -> tuple[int, str]:
+    """(checkpoint id, sha256 of its payload) of a verification record."""
+    body = json.loads(payload)
+    if body.get("v") != CHECKPOINT_VERSION or body.get("kind") != "verification":
+        raise ValueError("not a verification record")
+    return int(body["checkpoint"]), str(body["checkpoint_sha256"])
+
+
 def parse_payload(payload: str) -> dict[int, tuple[int, bytes]]:
     body = json.loads(payload)
     if body.get("v") != CHECKPOINT_VERSION:
@@ -94,7 +123,7 @@ class Problem:
     record_id: int | None = None
     shard: int | None = None
     seq: int | None = None
-    at: datetime | None = None
+    at: str | None = None  # as in the canonical encoding (ISO 8601, UTC)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,7 +132,7 @@ class Problem:
             "record_id": self.record_id,
             "shard": self.shard,
             "seq": self.seq,
-            "at": _iso(self.at) if self.at else None,
+            "at": self.at,
         }
 
 
@@ -112,7 +141,7 @@ class _ShardState:
     expected_seq: int = 1
     prev_hash: bytes = GENESIS
     last_id: int | None = None
-    last_at: datetime | None = None
+    last_at: str | None = None
     # recomputed hashes at the seqs that some checkpoint names
     at_checkpoints: dict[int, bytes] = field(default_factory=dict)
 
@@ -126,9 +155,43 @@ class ChainVerifier:
         self.problems: list[Problem] = []
         self.checked = 0
 
+    def start_from(self, heads: dict[int, tuple[int, bytes]], head_times: dict[int, str]) -> None:
+        """Continue from a verified checkpoint: each shard's chain resumes after the
+        head it signed (`head_times`: when each head record was written)."""
+        for shard, (seq, head_hash) in heads.items():
+            st = self._shards.setdefault(shard, _ShardState())
+            st.expected_seq = seq + 1
+            st.prev_hash = head_hash
+            st.last_at = head_times.get(shard)
+            st.at_checkpoints[seq] = head_hash
+
     def feed(self, row: dict[str, Any]) -> None:
-        shard, seq, rid = int(row["shard"]), int(row["seq"]), int(row["id"])
-        st = self._shards.setdefault(shard, _ShardState())
+        """One record as a mapping of its columns (tests, ad-hoc tools)."""
+        self.feed_record(
+            int(row["id"]),
+            int(row["shard"]),
+            int(row["seq"]),
+            bytes(row["prev_hash"]),
+            bytes(row["hash"]),
+            _iso(row["at"]),
+            [None if row.get(k) is None else str(row[k]) for k in FIELDS],
+        )
+
+    def feed_record(
+        self,
+        rid: int,
+        shard: int,
+        seq: int,
+        prev_hash: bytes,
+        stored_hash: bytes,
+        at: str,
+        values: Sequence[str | None],
+    ) -> None:
+        """One record: `at` as in the canonical encoding (ISO 8601, UTC, microseconds,
+        so that text order is time order) and the FIELDS as text or None."""
+        st = self._shards.get(shard)
+        if st is None:
+            st = self._shards[shard] = _ShardState()
         self.checked += 1
         if not 0 <= shard < SHARDS:
             self.problems.append(
@@ -139,10 +202,10 @@ class ChainVerifier:
                     rid,
                     shard,
                     seq,
-                    row["at"],
+                    at,
                 )
             )
-        if st.last_at is not None and row["at"] < st.last_at:
+        if st.last_at is not None and at < st.last_at:
             self.problems.append(
                 Problem(
                     "time-regression",
@@ -151,10 +214,9 @@ class ChainVerifier:
                     rid,
                     shard,
                     seq,
-                    row["at"],
+                    at,
                 )
             )
-        prev_hash, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
         if seq > st.expected_seq:
             self.problems.append(
                 Problem(
@@ -164,7 +226,7 @@ class ChainVerifier:
                     rid,
                     shard,
                     seq,
-                    row["at"],
+                    at,
                 )
             )
         elif seq < st.expected_seq:
@@ -175,7 +237,7 @@ class ChainVerifier:
                     rid,
                     shard,
                     seq,
-                    row["at"],
+                    at,
                 )
             )
         elif prev_hash != st.prev_hash:
@@ -188,26 +250,28 @@ class ChainVerifier:
                     rid,
                     shard,
                     seq,
-                    row["at"],
+                    at,
                 )
             )
-        if link(prev_hash, shard, seq, row["at"], row) != stored_hash:
+        encoded = _dumps([at, *values]).encode("utf-8")
+        digest = _sha256(
+            prev_hash
+            + shard.to_bytes(4, "big", signed=True)
+            + seq.to_bytes(8, "big", signed=True)
+            + encoded
+        ).digest()
+        if digest != stored_hash:
             self.problems.append(
-                Problem(
-                    "hash-mismatch",
-                    "the record's content was changed",
-                    rid,
-                    shard,
-                    seq,
-                    row["at"],
-                )
+                Problem("hash-mismatch", "the record's content was changed", rid, shard, seq, at)
             )
         if (shard, seq) in self._wanted:
             st.at_checkpoints[seq] = stored_hash
-        st.expected_seq = max(st.expected_seq, seq + 1)
+        if seq >= st.expected_seq:
+            st.expected_seq = seq + 1
         st.prev_hash = stored_hash
         st.last_id = rid
-        st.last_at = row["at"] if st.last_at is None else max(st.last_at, row["at"])
+        if st.last_at is None or at > st.last_at:
+            st.last_at = at
 
     def check_checkpoint(
         self, checkpoint_id: int, heads: dict[int, tuple[int, bytes]], signature_ok: bool

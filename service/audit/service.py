@@ -11,9 +11,7 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -28,6 +26,7 @@ from service.audit.reconcile import (
     read_vault_unwraps,
     reconcile,
 )
+from service.audit.verify import VerifyReport, verify_log
 from service.clock import Clock
 from service.models import AuditEvent
 from service.ports import Database, UnitOfWork
@@ -80,38 +79,27 @@ class AuditLog:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    ok: bool
-    checked: int
-    checkpoints: int
-    last_checkpoint: dict[str, Any] | None
-    first_bad: dict[str, Any] | None
-    problems: list[dict[str, Any]]
-    seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "checked": self.checked,
-            "checkpoints": self.checkpoints,
-            "last_checkpoint": self.last_checkpoint,
-            "first_bad": self.first_bad,
-            "problems": self.problems,
-            "records_per_second": round(self.checked / self.seconds) if self.seconds else None,
-        }
-
-
 class AuditService:
     """Checkpoints, verification, and the auditor's queries."""
 
     def __init__(
-        self, *, store: Database, signer: CheckpointSigner, audit: AuditLog, clock: Clock
+        self,
+        *,
+        store: Database,
+        signer: CheckpointSigner,
+        audit: AuditLog,
+        clock: Clock,
+        request_limit: int = 500_000,
     ) -> None:
         self._store = store
         self._signer = signer
         self._audit = audit
         self._clock = clock
+        self._request_limit = request_limit
+
+    @property
+    def request_limit(self) -> int:
+        return self._request_limit
 
     def checkpoint(self) -> dict[str, Any]:
         """Sign the current head of every chain."""
@@ -141,44 +129,40 @@ class AuditService:
             "signature": signature,
         }
 
-    def verify(self) -> VerifyReport:
-        started = time.perf_counter()
+    def verify(
+        self,
+        *,
+        full: bool = True,
+        record: bool = True,
+        max_records: int | None = None,
+        full_up_to: int | None = None,
+    ) -> VerifyReport:
+        """Verify the log (service/audit/verify.py): every record, or (not `full`) from
+        the last verified checkpoint. An intact log up to a checkpoint is recorded as
+        verified (signed), so an incremental verification can start there."""
         with self._store.transaction() as tx:
-            checkpoints = tx.audit.checkpoints()
-            parsed: list[tuple[int, dict[int, tuple[int, bytes]], bool]] = []
-            for cp in checkpoints:
-                try:
-                    heads = auditchain.parse_payload(cp["payload"])
-                    ok = self._signer.verify(cp["payload"].encode(), cp["signature"])
-                except (ValueError, KeyError, TypeError):
-                    heads, ok = {}, False
-                parsed.append((int(cp["id"]), heads, ok))
-            verifier = auditchain.ChainVerifier(
-                (shard, seq) for _, heads, _ in parsed for shard, (seq, _h) in heads.items()
+            report, latest = verify_log(
+                tx,
+                self._signer,
+                full=full,
+                max_records=max_records,
+                full_up_to=full_up_to,
             )
-            for row in tx.audit.iter_audit_chain():
-                verifier.feed(row)
-        for cid, heads, ok in parsed:
-            verifier.check_checkpoint(cid, heads, ok)
-        first = verifier.first_bad()
-        last = checkpoints[-1] if checkpoints else None
-        return VerifyReport(
-            ok=not verifier.problems,
-            checked=verifier.checked,
-            checkpoints=len(checkpoints),
-            last_checkpoint=(
-                {
-                    "id": last["id"],
-                    "created_at": last["created_at"].isoformat(),
-                    "total": last["total"],
-                }
-                if last
-                else None
-            ),
-            first_bad=first.as_dict() if first else None,
-            problems=[p.as_dict() for p in verifier.problems[:100]],
-            seconds=time.perf_counter() - started,
-        )
+            if report.ok and latest is not None and record:
+                now = self._clock.now()
+                payload = auditchain.verification_payload(
+                    int(latest["id"]), latest["payload"], report.checked, now
+                )
+                tx.audit.insert_verification(
+                    int(latest["id"]),
+                    now,
+                    report.checked,
+                    payload,
+                    self._signer.sign(payload.encode()),
+                )
+        if not report.ok:
+            log.error("audit log verification found %d problem(s)", len(report.problems))
+        return report
 
     def events(
         self,
@@ -206,7 +190,11 @@ class AuditService:
 
     def verify_as(self, caller: Caller) -> VerifyReport:
         require(caller, Permission.AUDIT_READ)
-        report = self.verify()
+        # Never a scan of the whole log inside a request: from the last verified
+        # checkpoint, and refused (503, retry) past `request_limit` records.
+        report = self.verify(
+            full=False, max_records=self._request_limit, full_up_to=self._request_limit
+        )
         tenant_id = caller.principal.tenant_id
         with self._store.transaction() as tx:
             own = tx.audit.count_audit_events(tenant_id)
@@ -225,6 +213,7 @@ class AuditService:
             report,
             checked=own,
             last_checkpoint=None,
+            from_checkpoint=None,
             first_bad=_without_location(report.first_bad),
             problems=[p for p in (_without_location(x) for x in report.problems) if p],
         )
@@ -365,4 +354,10 @@ class AuditCheckpointer:
             if last is not None and int(last["total"]) == total:
                 return False
             self._service.checkpoint()
-            return True
+        # Verify what the new checkpoint covers, from the last verified one (a tamper
+        # shows in the logs within one interval), and record it: an auditor's request
+        # then reads only the records since.
+        report = self._service.verify(full=False, full_up_to=self._service.request_limit)
+        if not report.ok:
+            log.error("audit log tampered: %s", report.first_bad)
+        return True

@@ -282,6 +282,20 @@ class AuditRepository(Protocol):
 
     def iter_audit_chain(self, batch: int = 5000) -> Iterator[dict[str, Any]]: ...
 
+    def iter_chain_records(
+        self, after: dict[int, int] | None = None, batch: int = 10000
+    ) -> Iterator[tuple[Any, ...]]: ...
+
+    def records_at(
+        self, positions: list[tuple[int, int]]
+    ) -> dict[tuple[int, int], tuple[bytes, str]]: ...
+
+    def verifications(self, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    def insert_verification(
+        self, checkpoint_id: int, verified_at: datetime, checked: int, payload: str, signature: str
+    ) -> None: ...
+
     def audit_query(
         self,
         *,

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from service.adapters.postgres.base import (
     AUDIT_LOCK_CLASS,
@@ -128,6 +128,63 @@ class AuditRepository(Repo):
             )
             yield from cur
 
+    def iter_chain_records(
+        self, after: dict[int, int] | None = None, batch: int = 10000
+    ) -> Iterator[tuple[Any, ...]]:
+        """Records in (shard, seq) order as (id, shard, seq, prev_hash, hash, at, the
+        FIELDS...), with `at` and the ids as text exactly as the canonical encoding has
+        them (so the verifier converts nothing). `after`: shard -> the last seq already
+        verified; only later records of those shards are read (an index range each),
+        and every record of any other shard."""
+        with self.conn.cursor(name="audit_chain_records", row_factory=tuple_row) as cur:
+            cur.itersize = batch
+            if after:
+                shards = sorted(after)
+                cur.execute(
+                    f"SELECT {_CHAIN_COLUMNS} FROM unnest(%s::int[], %s::bigint[]) AS h(shard, seq)"
+                    f" CROSS JOIN LATERAL (SELECT * FROM audit_events e WHERE e.shard = h.shard"
+                    f"   AND e.seq > h.seq) e"
+                    f" UNION ALL SELECT {_CHAIN_COLUMNS} FROM audit_events e"
+                    f"   WHERE e.shard <> ALL(%s::int[])"
+                    f" ORDER BY 2, 3",
+                    (shards, [after[s] for s in shards], shards),
+                )
+            else:
+                cur.execute(f"SELECT {_CHAIN_COLUMNS} FROM audit_events e ORDER BY shard, seq")
+            yield from cur
+
+    def records_at(
+        self, positions: list[tuple[int, int]]
+    ) -> dict[tuple[int, int], tuple[bytes, str]]:
+        """(shard, seq) -> (hash, at as in the canonical encoding) of those records."""
+        if not positions:
+            return {}
+        rows = self.conn.execute(
+            "SELECT e.shard, e.seq, e.hash, to_char(e.at AT TIME ZONE 'UTC',"
+            " 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00' AS at"
+            " FROM unnest(%s::int[], %s::bigint[]) AS p(shard, seq)"
+            " JOIN audit_events e ON e.shard = p.shard AND e.seq = p.seq",
+            ([s for s, _ in positions], [q for _, q in positions]),
+        ).fetchall()
+        return {(int(r["shard"]), int(r["seq"])): (bytes(r["hash"]), r["at"]) for r in rows}
+
+    def verifications(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest verification records first."""
+        return self._all(
+            "SELECT id, checkpoint_id, verified_at, checked, payload, signature"
+            " FROM audit_verifications ORDER BY id DESC LIMIT %s",
+            (limit,),
+        )
+
+    def insert_verification(
+        self, checkpoint_id: int, verified_at: datetime, checked: int, payload: str, signature: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO audit_verifications (checkpoint_id, verified_at, checked, payload,"
+            " signature) VALUES (%s, %s, %s, %s, %s)",
+            (checkpoint_id, verified_at, checked, payload, signature),
+        )
+
     def audit_query(
         self,
         *,
@@ -204,3 +261,12 @@ class AuditRepository(Repo):
                 {"since": since},
             )
             yield from cur
+
+
+# The verifier's columns: ids and time as text exactly as the canonical encoding has them.
+_CHAIN_COLUMNS = (
+    "e.id, e.shard, e.seq, e.prev_hash, e.hash,"
+    " to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00',"
+    " e.tenant_id::text, e.principal_id::text, e.role, e.patient_id::text, e.note_id::text,"
+    " e.action, e.outcome, e.reason, e.request_id, e.client_addr"
+)

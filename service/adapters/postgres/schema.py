@@ -92,6 +92,7 @@ APP_GRANTS: dict[str, tuple[str, ...]] = {
     "idempotency_keys": ("SELECT", "INSERT", "DELETE"),
     "audit_events": ("SELECT",),
     "audit_checkpoints": ("SELECT", "INSERT"),
+    "audit_verifications": ("SELECT", "INSERT"),
     "schema_migrations": ("SELECT",),
     # Identity providers and SMART clients (migration 0020; SQL in adapters/postgres/idp.py).
     # Changes to the first three are access-rights changes, audited by triggers (0021).
