@@ -2,7 +2,7 @@
 repositories behind a unit of work (repositories.py, here) and Vault (vault.py).
 
 The PostgreSQL adapter (service/adapters/postgres/) and the Vault adapter
-(service/adapters/vault/) implement them; tests/fakes.py implements them in memory,
+(service/adapters/vault/) implement them; tests/fakes/ implements them in memory,
 so the gate's and the use cases' rules are tested in milliseconds. Wiring happens in
 one place: service/app.py.
 """

@@ -1,5 +1,5 @@
 """The database's side of the ports: one repository per aggregate. The PostgreSQL
-adapter (service/adapters/postgres/) implements each; tests/fakes.py in memory."""
+adapter (service/adapters/postgres/) implements each; tests/fakes/ in memory."""
 
 from __future__ import annotations
 

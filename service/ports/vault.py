@@ -1,5 +1,5 @@
 """Vault's side of the ports: Transit for the API workers, administration for ops.
-The Vault adapter (service/adapters/vault/) implements them; tests/fakes.py the first."""
+The Vault adapter (service/adapters/vault/) implements them; tests/fakes/ the first."""
 
 from __future__ import annotations
 

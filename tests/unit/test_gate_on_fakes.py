@@ -1,4 +1,4 @@
-"""The key-release gate's rules, on the in-memory repositories (tests/fakes.py).
+"""The key-release gate's rules, on the in-memory repositories (tests/fakes/).
 
 The same rules are proven against PostgreSQL and OpenBao in tests/security/; here
 they run in milliseconds, so every edge (window boundaries, the order of the checks,

@@ -1,4 +1,4 @@
-"""Use cases over the in-memory unit of work (tests/fakes.py): notes through the
+"""Use cases over the in-memory unit of work (tests/fakes/): notes through the
 gate and the write limit, and two-admin approvals. The PostgreSQL-backed versions
 of these properties live in tests/security/ and tests/api/."""
 

@@ -1,0 +1,159 @@
+"""The in-memory release ledger and limits, with the database's own tenant-cap check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from service.clock import DAY, HOUR
+from service.errors import TenantCapReached
+from service.models import (
+    BudgetUsage,
+    GateSnapshot,
+    NoteRow,
+    NoteVersionRow,
+)
+from tests.fakes.repositories import SKEW, FakePatients, Release, _Repo
+
+
+class FakeLedger(_Repo):
+    """The release ledger and the limits, with the database's own tenant-cap check."""
+
+    def _usage(self, p: str, t: str, pt: str | None, now: datetime) -> BudgetUsage:
+        rows = [
+            r
+            for r in self.s.releases
+            if r.principal_id == p and now - DAY < r.released_at <= now + SKEW
+        ]
+        care = [r for r in rows if r.via == "care-team"]
+        hour = [r for r in care if r.released_at > now - HOUR]
+        tenant = [
+            r
+            for r in self.s.releases
+            if r.tenant_id == t and now - HOUR < r.released_at <= now + SKEW
+        ]
+        tenant_row = self.s.tenants.get(t)
+        return BudgetUsage(
+            hour=len({r.patient_id for r in hour}),
+            day=len({r.patient_id for r in care}),
+            tenant_hour=len(tenant),
+            patient_in_hour=any(r.patient_id == pt and r.released_at > now - HOUR for r in rows),
+            patient_in_day=any(r.patient_id == pt for r in care),
+            hour_oldest=min((r.released_at for r in hour), default=None),
+            day_oldest=min((r.released_at for r in care), default=None),
+            tenant_oldest=min((r.released_at for r in tenant), default=None),
+            tenant_cap=tenant_row.release_per_hour if tenant_row else None,
+        )
+
+    def gate_snapshot(
+        self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
+    ) -> GateSnapshot:
+        pr = self.s.principals.get(principal_id)
+        if pr is None:
+            return GateSnapshot(
+                False,
+                True,
+                None,
+                False,
+                False,
+                BudgetUsage(0, 0, 0, False, False, None, None, None),
+                None,
+            )
+        patient = self.s.patients.get(patient_id)
+        if patient is not None and patient.tenant_id != tenant_id:
+            patient = None
+        care, glass = FakePatients(self.db).access_to_patient(principal_id, patient_id, now)
+        usage = replace(
+            self._usage(principal_id, tenant_id, patient_id, now),
+            tenant_hour=0,
+            tenant_oldest=None,
+            tenant_cap=None,
+        )
+        return GateSnapshot(
+            principal_found=True,
+            suspended=pr.suspended,
+            patient=patient,
+            on_care_team=care and patient is not None,
+            break_glass=glass and patient is not None,
+            usage=usage,
+            key=self.s.keys.get(patient_id) if patient else None,
+        )
+
+    def note_gate_snapshot(
+        self, principal_id: str, tenant_id: str, note_id: str, now: datetime
+    ) -> tuple[NoteRow, NoteVersionRow | None, GateSnapshot] | None:
+        note = self.s.notes.get(note_id)
+        if note is None or note.tenant_id != tenant_id:
+            return None
+        version = self.s.versions.get((note.id, note.current_version))
+        return note, version, self.gate_snapshot(principal_id, tenant_id, note.patient_id, now)
+
+    def lock_tenant_budget(self, tenant_id: str) -> None:
+        return None
+
+    def budget_usage(
+        self, principal_id: str, tenant_id: str, patient_id: str | None, now: datetime
+    ) -> BudgetUsage:
+        return self._usage(principal_id, tenant_id, patient_id, now)
+
+    def record_release(
+        self,
+        principal_id: str,
+        tenant_id: str,
+        patient_id: str,
+        now: datetime,
+        *,
+        via: str = "care-team",
+    ) -> None:
+        # The database counts the tenant's releases itself (migration 0005).
+        cap = self.s.tenants[tenant_id].release_per_hour or 1000
+        recent = [
+            r for r in self.s.releases if r.tenant_id == tenant_id and r.released_at > now - HOUR
+        ]
+        if len(recent) >= cap:
+            raise TenantCapReached()
+        self.s.releases.append(Release(principal_id, tenant_id, patient_id, now, via))
+
+    def record_denial(self, principal_id: str, scope: str, now: datetime) -> int:
+        self.s.denials.append((principal_id, now, scope))
+        since = max(now - HOUR, self.s.principals[principal_id].last_unlocked_at or now - HOUR)
+        return sum(1 for p, at, _ in self.s.denials if p == principal_id and at > since)
+
+    def charge_action(
+        self,
+        principal_id: str,
+        kind: str,
+        now: datetime,
+        *,
+        limit: int,
+        patient_id: str | None = None,
+    ) -> tuple[bool, datetime | None]:
+        window = [
+            a
+            for a in self.s.actions
+            if a[0] == principal_id and a[1] == kind and now - HOUR < a[3] <= now + SKEW
+        ]
+        used = len({a[2] for a in window}) if patient_id else len(window)
+        repeat = patient_id is not None and any(a[2] == patient_id for a in window)
+        oldest = min((a[3] for a in window), default=None)
+        if repeat or used < limit:
+            self.s.actions.append((principal_id, kind, patient_id, now))
+            return True, oldest
+        return False, oldest
+
+    def record_action(self, principal_id: str, kind: str, now: datetime) -> None:
+        self.s.actions.append((principal_id, kind, None, now))
+
+    def count_actions(self, principal_id: str, kind: str, since: datetime) -> int:
+        return sum(
+            1 for a in self.s.actions if a[0] == principal_id and a[1] == kind and a[3] > since
+        )
+
+    def top_releasers(
+        self, tenant_id: str, since: datetime, limit: int = 5
+    ) -> list[tuple[str, int]]:
+        counts: dict[str, int] = {}
+        for r in self.s.releases:
+            if r.tenant_id == tenant_id and r.released_at > since:
+                counts[r.principal_id] = counts.get(r.principal_id, 0) + 1
+        return sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
