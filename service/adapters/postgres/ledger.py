@@ -186,13 +186,21 @@ class LedgerRepository(Repo):
     ) -> tuple[bool, datetime | None]:
         """Count one limited action in the principal's last hour: (allowed, oldest).
         With a patient, only distinct patients count and a repeat is free."""
+        # A repeat (this patient already in the window) is answered from an index and
+        # never counts the window; only a new patient, or an action without one, does.
         row = self._one(
-            "WITH w AS (SELECT patient_id, at FROM principal_actions WHERE principal_id = %(p)s"
-            " AND kind = %(k)s AND at > %(since)s AND at <= %(horizon)s),"
-            " s AS (SELECT CASE WHEN %(pt)s::uuid IS NULL THEN (SELECT count(*) FROM w)"
-            "   ELSE (SELECT count(DISTINCT patient_id) FROM w) END AS used,"
-            "   coalesce((SELECT bool_or(patient_id = %(pt)s) FROM w), false) AS repeat,"
-            "   (SELECT min(at) FROM w) AS oldest),"
+            "WITH r AS (SELECT %(pt)s::uuid IS NOT NULL AND EXISTS (SELECT 1"
+            "   FROM principal_actions WHERE principal_id = %(p)s AND kind = %(k)s"
+            "   AND patient_id = %(pt)s AND at > %(since)s AND at <= %(horizon)s) AS repeat),"
+            " s AS (SELECT r.repeat, CASE WHEN r.repeat THEN 0"
+            "   WHEN %(pt)s::uuid IS NULL THEN (SELECT count(*) FROM principal_actions"
+            "     WHERE principal_id = %(p)s AND kind = %(k)s"
+            "     AND at > %(since)s AND at <= %(horizon)s)"
+            "   ELSE (SELECT count(DISTINCT patient_id) FROM principal_actions"
+            "     WHERE principal_id = %(p)s AND kind = %(k)s"
+            "     AND at > %(since)s AND at <= %(horizon)s) END AS used,"
+            "   (SELECT min(at) FROM principal_actions WHERE principal_id = %(p)s"
+            "     AND kind = %(k)s AND at > %(since)s AND at <= %(horizon)s) AS oldest FROM r),"
             " ins AS (INSERT INTO principal_actions (principal_id, kind, patient_id, at)"
             "   SELECT %(p)s, %(k)s, %(pt)s, %(now)s FROM s WHERE s.repeat OR s.used < %(limit)s"
             "   RETURNING 1)"
