@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from crypto import DecryptionError, open_sealed, seal
+from crypto import DecryptionError, note_aad, open_sealed, seal
 from service.access.budget import BudgetStatus
 from service.access.caller import Caller
 from service.access.gate import KeyReleaseGate
@@ -174,6 +174,11 @@ class NotesService:
                         reason="idempotent-replay",
                     )
                     return replay, True
+            # Sealed before the insert (the AAD names only ids known already), so the
+            # note and its first version go in with one statement.
+            aad = note_aad(
+                tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1
+            )
             note = tx.notes.insert_note(
                 note_id,
                 patient.tenant_id,
@@ -182,13 +187,7 @@ class NotesService:
                 encounter_at,
                 caller.principal.id,
                 now,
-            )
-            tx.notes.insert_note_version(
-                note.id,
-                1,
-                seal(key, encode(content), aad=note_aad_for(note, 1)),
-                caller.principal.id,
-                now,
+                sealed=seal(key, encode(content), aad=aad),
             )
             self._audit.record(
                 tx,

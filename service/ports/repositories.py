@@ -217,7 +217,11 @@ class NotesRepository(Protocol):
         encounter_at: datetime | None,
         author_id: str,
         now: datetime,
-    ) -> NoteRow: ...
+        *,
+        sealed: bytes,
+    ) -> NoteRow:
+        """The note and its first version (`sealed`), together."""
+        ...
 
     def insert_note_version(
         self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime

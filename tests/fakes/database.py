@@ -63,11 +63,14 @@ class FakeNotes(_Repo):
         encounter_at: datetime | None,
         created_by: str,
         now: datetime,
+        *,
+        sealed: bytes,
     ) -> NoteRow:
         note = NoteRow(
             note_id, tenant_id, patient_id, kind, "current", 1, encounter_at, created_by, now, now
         )
         self.s.notes[note_id] = note
+        self.insert_note_version(note_id, 1, sealed, created_by, now)
         return note
 
     def insert_note_version(

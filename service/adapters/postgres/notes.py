@@ -58,12 +58,29 @@ class NotesRepository(Repo):
         encounter_at: datetime | None,
         author_id: str,
         now: datetime,
+        *,
+        sealed: bytes,
     ) -> NoteRow:
+        # One statement: the version's foreign key is checked at its end, when the
+        # note row exists.
         row = self._one(
-            "INSERT INTO notes (id, tenant_id, patient_id, kind, current_version, encounter_at,"
-            f" created_by, created_at, updated_at) VALUES (%s, %s, %s, %s, 1, %s, %s, %s, %s) "
-            f"RETURNING {NOTE_COLUMNS}",
-            (note_id, tenant_id, patient_id, kind, encounter_at, author_id, now, now),
+            "WITH n AS (INSERT INTO notes (id, tenant_id, patient_id, kind, current_version,"
+            " encounter_at, created_by, created_at, updated_at)"
+            " VALUES (%(id)s, %(t)s, %(p)s, %(k)s, 1, %(enc)s, %(a)s, %(now)s, %(now)s)"
+            f" RETURNING {NOTE_COLUMNS}),"
+            " v AS (INSERT INTO note_versions (note_id, version, sealed, author_id, created_at)"
+            " SELECT id, 1, %(sealed)s, %(a)s, %(now)s FROM n)"
+            " SELECT * FROM n",
+            {
+                "id": note_id,
+                "t": tenant_id,
+                "p": patient_id,
+                "k": kind,
+                "enc": encounter_at,
+                "a": author_id,
+                "now": now,
+                "sealed": sealed,
+            },
         )
         assert row is not None
         return _note(row)
