@@ -154,10 +154,9 @@ def run_http_case(
         for name in servers
         if cpu[name] and combined[name].requests
     }
-    summary = report.http_summary(case, combined, cpu_per_request)
-    summary["slices_rps"] = {
-        name: [round(r.rps, 1) for r in results] for name, results in slices.items()
-    }
+    slices_rps = {name: [round(r.rps, 1) for r in results] for name, results in slices.items()}
+    summary = report.http_summary(case, combined, cpu_per_request, slices_rps)
+    summary["slices_rps"] = slices_rps
     summary["key_cache"] = {k: int(v) for k, v in cache_delta.items()}
     summary["loadavg"] = loadavg
     summary["requests_in_rotation"] = len(requests)
