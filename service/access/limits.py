@@ -55,11 +55,13 @@ class ActionLimiter:
     ) -> None:
         """Count one action, or refuse it (audited, a denial, committed) with 429."""
         p = caller.principal
-        if limit.kind == "write":
-            # Distinct patients: serialise one principal's writes so the count is exact.
-            locked = tx.principals.principal(p.id, for_update=True)
-            if locked is None or locked.suspended:
-                raise AccountSuspended()
+        # Serialise one principal's limited actions so the count is exact: without the
+        # lock, N concurrent requests could each see room for one more (and an admin's
+        # care-team grants, counted under this lock too, pass the second-admin
+        # threshold). Suspension is re-checked once the lock is held.
+        locked = tx.principals.principal(p.id, for_update=True)
+        if locked is None or locked.suspended:
+            raise AccountSuspended()
         allowed, oldest = tx.ledger.charge_action(
             p.id, limit.kind, now, limit=limit.per_hour, patient_id=patient_id
         )
