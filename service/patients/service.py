@@ -317,7 +317,11 @@ class PatientsService:
             patient = tx.patients.patient(p.tenant_id, patient_id)
             if patient is None:
                 raise NotFound()
-            if not decoy and patient.is_decoy:
+            if not decoy:
+                if not patient.is_decoy:
+                    # Nothing to clear, so nothing written: an unconditional write could
+                    # undo another admin's arming that raced this request.
+                    return None
                 return self._approvals.request(
                     tx, caller, "decoy-clear", now, target_patient_id=patient.id
                 )

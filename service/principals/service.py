@@ -192,11 +192,17 @@ class PrincipalsService:
         caller = actor if isinstance(actor, Caller) else None
         with self._store.transaction() as tx:
             now = self._clock.now()
-            target = tx.principals.principal(principal_id)
+            # Decided under the target's row lock: a read taken before waiting could be
+            # stale (a decoy's suspension or an unlock since) and lift what needs two.
             if caller is not None:
                 self._admin_action(tx, caller, now, "principal.unlock")
-                if target is None or target.tenant_id != caller.principal.tenant_id:
+                target = tx.principals.principal_in_tenant(
+                    caller.principal.tenant_id, principal_id, for_update=True
+                )
+                if target is None:
                     raise NotFound()
+            else:
+                target = tx.principals.principal(principal_id, for_update=True)
             if target is None:
                 raise NotFound("No such principal")
             if (

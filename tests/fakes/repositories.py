@@ -95,7 +95,9 @@ class FakePrincipals(_Repo):
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None:
         return self.s.principals.get(principal_id)
 
-    def principal_in_tenant(self, tenant_id: str, principal_id: str) -> Principal | None:
+    def principal_in_tenant(
+        self, tenant_id: str, principal_id: str, *, for_update: bool = False
+    ) -> Principal | None:
         p = self.s.principals.get(principal_id)
         return p if p and p.tenant_id == tenant_id else None
 

@@ -44,9 +44,13 @@ class PrincipalsRepository(Repo):
         )
         return _principal(row) if row else None
 
-    def principal_in_tenant(self, tenant_id: str, principal_id: str) -> Principal | None:
+    def principal_in_tenant(
+        self, tenant_id: str, principal_id: str, *, for_update: bool = False
+    ) -> Principal | None:
+        lock = " FOR NO KEY UPDATE" if for_update else ""
         row = self._one(
-            f"SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.id = %s AND p.tenant_id = %s",
+            f"SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.id = %s AND p.tenant_id = %s"
+            f"{lock}",
             (principal_id, tenant_id),
         )
         return _principal(row) if row else None

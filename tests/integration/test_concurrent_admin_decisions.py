@@ -1,0 +1,216 @@
+"""Admins' decisions under concurrency: an unlock and a decoy clear are decided under
+the row lock of what they change, so a request that read the state before waiting
+cannot lift what needs a second admin.
+
+1. Unlock: an unlock that read the target while it was suspended for a benign reason
+   and never unlocked must not, once it gets the lock, lift a decoy's suspension or be
+   the second unlock of the day (both need a second admin).
+2. Decoy clear: a clear that read "not a decoy" must not undo another admin's arming
+   that raced it (no serial order ends disarmed without an approval).
+
+Each window is held open deterministically with a side transaction standing for a
+concurrent request holding a row lock, then attacked without help by a storm."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import requests
+
+from service.models import Role
+from tests.conftest import LiveServer
+from tests.helpers import StackHelper, Tenant, Who
+
+
+def _call(server: LiveServer, token: str, method: str, path: str, body: object = None) -> int:
+    with requests.Session() as s:
+        r = s.request(
+            method,
+            f"{server.url}{path}",
+            headers={"Authorization": f"Bearer {token}"},
+            json=body,
+            timeout=30,
+        )
+    return r.status_code
+
+
+def _principal_state(db_url: str, pid: str) -> tuple[bool, str | None]:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT suspended_at IS NOT NULL, suspended_reason FROM principals WHERE id = %s",
+            (pid,),
+        ).fetchone()
+    assert row is not None
+    return bool(row[0]), row[1]
+
+
+def _unlocks(db_url: str, tenant_id: str, pid: str) -> list[str]:
+    """Each actual lifting of a suspension (written by the principals trigger)."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT principal_id::text || ' ' || coalesce(reason, '') FROM audit_events"
+            " WHERE tenant_id = %s AND action = 'principal.unlock' AND reason LIKE %s ORDER BY id",
+            (tenant_id, f"%target={pid} was=%"),  # the trigger's records: real unlocks
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _decoy_armed_clinician(stack: StackHelper, server: LiveServer, t: Tenant) -> tuple[Who, str]:
+    dr = stack.clinician(t)
+    decoy = stack.patient_for(t, dr)
+    assert (
+        _call(server, t.admin.token, "PUT", f"/v1/admin/patients/{decoy}/decoy", {"decoy": True})
+        == 200
+    )
+    return dr, decoy
+
+
+def test_an_unlock_that_waited_cannot_lift_a_decoy_suspension_alone(
+    stack: StackHelper, live_server: Callable[..., LiveServer], db_url: str
+) -> None:
+    server = live_server(workers=4, SEALEDNOTES_ADMIN_ACTIONS_PER_HOUR="1000")
+    t = stack.tenant()
+    admin_b = stack.principal(t, Role.ADMIN)
+    dr, decoy = _decoy_armed_clinician(stack, server, t)
+    stack.services.principals.suspend(dr.id, "benign")  # never unlocked, not a decoy
+    assert _principal_state(db_url, dr.id) == (True, "operator: benign")
+
+    side = psycopg.connect(db_url)  # admin B's other in-flight request holds B's row
+    side.execute("SELECT 1 FROM principals WHERE id = %s FOR NO KEY UPDATE", (admin_b.id,))
+    result: dict[str, int] = {}
+    b = threading.Thread(
+        target=lambda: result.setdefault(
+            "b", _call(server, admin_b.token, "POST", f"/v1/admin/principals/{dr.id}/unlock")
+        )
+    )
+    b.start()
+    time.sleep(0.3)  # B has read the target (suspended: benign, never unlocked), waits
+    # Admin A unlocks (immediate: the first unlock, not a decoy's) ...
+    assert _call(server, t.admin.token, "POST", f"/v1/admin/principals/{dr.id}/unlock") == 200
+    # ... the clinician trips the decoy: suspended again, by a decoy.
+    assert _call(server, dr.token, "GET", f"/v1/patients/{decoy}/notes") == 403
+    assert _principal_state(db_url, dr.id) == (True, "decoy-patient")
+    side.commit()
+    side.close()
+    b.join()
+    # Unlocking a decoy's suspension, and a second unlock within the day, both need a
+    # second admin: expected 202 and the clinician still suspended.
+    assert result["b"] == 202, f"B's stale unlock answered {result['b']}"
+    assert _principal_state(db_url, dr.id)[0], "decoy suspension lifted by one admin"
+
+
+def test_an_unlock_storm_lifts_at_most_one_suspension_a_day(
+    stack: StackHelper, live_server: Callable[..., LiveServer], db_url: str
+) -> None:
+    """No helper transaction: one admin fires unlocks at once while the (colluding)
+    clinician keeps opening a decoy. Bound: one single-admin unlock per day."""
+    server = live_server(
+        workers=4, SEALEDNOTES_ADMIN_ACTIONS_PER_HOUR="1000", SEALEDNOTES_MAX_IN_FLIGHT="16"
+    )
+    t = stack.tenant()
+    dr, decoy = _decoy_armed_clinician(stack, server, t)
+    stack.services.principals.suspend(dr.id, "benign")
+    stop = threading.Event()
+
+    def trip() -> None:
+        while not stop.is_set():
+            _call(server, dr.token, "GET", f"/v1/patients/{decoy}/notes")
+
+    trippers = [threading.Thread(target=trip) for _ in range(4)]
+    for th in trippers:
+        th.start()
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        codes = list(
+            pool.map(
+                lambda _: _call(
+                    server, t.admin.token, "POST", f"/v1/admin/principals/{dr.id}/unlock"
+                ),
+                range(48),
+            )
+        )
+    stop.set()
+    for th in trippers:
+        th.join()
+    unlocks = _unlocks(db_url, t.id, dr.id)
+    assert set(codes) <= {200, 202}, codes
+    assert len(unlocks) <= 1, f"{len(unlocks)} single-admin unlocks within a day: {unlocks}"
+
+
+def test_a_decoy_clear_racing_an_arm_never_disarms_it(
+    stack: StackHelper, live_server: Callable[..., LiveServer], db_url: str
+) -> None:
+    server = live_server(workers=4, SEALEDNOTES_ADMIN_ACTIONS_PER_HOUR="1000")
+    t = stack.tenant()
+    admin_b = stack.principal(t, Role.ADMIN)
+    patient = stack.patient(t)
+    side = psycopg.connect(db_url)  # another transaction holding the patient row
+    side.execute("SELECT 1 FROM patients WHERE id = %s FOR NO KEY UPDATE", (patient,))
+    result: dict[str, int] = {}
+
+    def put(who: str, token: str, decoy: bool) -> None:
+        result[who] = _call(
+            server, token, "PUT", f"/v1/admin/patients/{patient}/decoy", {"decoy": decoy}
+        )
+
+    a = threading.Thread(target=put, args=("arm", t.admin.token, True))
+    a.start()
+    time.sleep(0.3)
+    b = threading.Thread(target=put, args=("clear", admin_b.token, False))
+    b.start()
+    time.sleep(0.3)
+    side.commit()
+    side.close()
+    a.join()
+    b.join()
+    with psycopg.connect(db_url) as conn:
+        (is_decoy,) = conn.execute(
+            "SELECT is_decoy FROM patients WHERE id = %s", (patient,)
+        ).fetchone()
+        history = conn.execute(
+            "SELECT reason FROM audit_events WHERE patient_id = %s AND action = 'patient.decoy'"
+            " ORDER BY id",
+            (patient,),
+        ).fetchall()
+    assert result == {"arm": 200, "clear": 200} or result["clear"] == 202, (result, history)
+    # Serially: clear-then-arm ends armed; arm-then-clear gives 202 and stays armed.
+    assert is_decoy, (
+        f"decoy disarmed without approval (arm {result['arm']}, clear {result['clear']})"
+    )
+
+
+def test_a_storm_of_arms_and_clears_loses_no_arm(
+    stack: StackHelper, live_server: Callable[..., LiveServer], db_url: str
+) -> None:
+    server = live_server(
+        workers=4, SEALEDNOTES_ADMIN_ACTIONS_PER_HOUR="10000", SEALEDNOTES_MAX_IN_FLIGHT="16"
+    )
+    t = stack.tenant()
+    admin_b = stack.principal(t, Role.ADMIN)
+    patients = [stack.patient(t) for _ in range(60)]
+    jobs = [(t.admin.token, p, True) for p in patients] + [
+        (admin_b.token, p, False) for p in patients
+    ]
+    jobs = [j for pair in zip(jobs[:60], jobs[60:], strict=True) for j in pair]
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        codes = list(
+            pool.map(
+                lambda j: _call(
+                    server, j[0], "PUT", f"/v1/admin/patients/{j[1]}/decoy", {"decoy": j[2]}
+                ),
+                jobs,
+            )
+        )
+    with psycopg.connect(db_url) as conn:
+        armed = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT id FROM patients WHERE id = ANY(%s::uuid[]) AND is_decoy", (patients,)
+            )
+        }
+    lost = [p for p in patients if p not in armed]
+    assert set(codes) <= {200, 202}, codes
+    assert not lost, f"{len(lost)} of 60 arms lost to an unapproved clear"
