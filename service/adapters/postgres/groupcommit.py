@@ -19,7 +19,9 @@ from typing import Any
 
 import psycopg
 
+from service import deadline
 from service.audit import chain as auditchain
+from service.deadline import DeadlineExceeded
 from service.errors import AuditUnavailable
 from service.models import AuditEvent
 
@@ -55,36 +57,70 @@ class AuditGroupCommit:
             lead = not self._leading
             self._leading = True
         if not lead:
-            me.done.wait()
+            # Wait for the batch's outcome, but not past the request's deadline: a
+            # leader whose connection stalls must not hold its followers for ever.
+            if not me.done.wait(_seconds_left()):
+                self._give_up(me)  # raises, unless woken as the time ran out
             if not me.lead:
                 if me.failed:
                     raise AuditUnavailable()
                 return
         self._lead(conn, me)
 
+    def _give_up(self, me: _Waiter) -> None:
+        """Past the deadline while waiting: leave the queue (passing the lead on if it
+        was just handed to this request) and answer 503. Returns only when the waiter
+        was woken meanwhile and should carry on."""
+        with self._lock:
+            if me.done.is_set():
+                return
+            if me not in self._queue:
+                # Already in a batch being written: answer 503 without the content. If
+                # that batch commits, the log holds a record of a read that was not
+                # answered: more than happened, never less.
+                raise AuditUnavailable()
+            self._queue.remove(me)
+            successor = self._hand_on() if me.lead else None
+        if successor is not None:
+            successor.done.set()
+        raise DeadlineExceeded()
+
+    def _hand_on(self) -> _Waiter | None:
+        """Under the lock: the next leader (the first request still queued), or none."""
+        successor = self._queue[0] if self._queue else None
+        if successor is None:
+            self._leading = False
+        else:
+            successor.lead = True
+        return successor
+
     def _lead(self, conn: psycopg.Connection[Any], me: _Waiter) -> None:
         with self._lock:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        failed = False
+        failed = True
         try:
             _write(conn, [e for w in batch for e in w.events])
-        except psycopg.Error as e:
+            failed = False
+        except Exception as e:  # any failure fails the batch: never a 500, never a hang
             log.error("audit write failed: %s", type(e).__name__)
-            failed = True
-        with self._lock:
-            successor = self._queue[0] if self._queue else None
-            if successor is None:
-                self._leading = False
-            else:
-                successor.lead = True
-        for w in batch:
-            if w is not me:
-                w.failed = failed
-                w.done.set()
-        if successor is not None:
-            successor.done.set()
+        finally:
+            # Whatever happened (even an interrupt), the batch learns its outcome and
+            # the lead moves on: a leader that vanished would wedge every later append.
+            with self._lock:
+                successor = self._hand_on()
+            for w in batch:
+                if w is not me:
+                    w.failed = failed
+                    w.done.set()
+            if successor is not None:
+                successor.done.set()
         if failed:
             raise AuditUnavailable()
+
+
+def _seconds_left() -> float | None:
+    left = deadline.remaining()
+    return None if left is None else max(0.0, left)
 
 
 def _write(conn: psycopg.Connection[Any], events: list[AuditEvent]) -> None:
