@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 import psycopg.errors
 import psycopg_pool
 from psycopg.rows import dict_row
@@ -33,6 +34,23 @@ from service.errors import DatabaseUnavailable, ServiceError
 
 log = logging.getLogger(__name__)
 _HELD: ContextVar[_Held | None] = ContextVar("sealednotes_request_connection", default=None)
+
+
+# A server that stops answering is an error within seconds (TCP over a network).
+SILENT_SERVER_DEFAULTS = {
+    "tcp_user_timeout": 2000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+}
+
+
+def _conninfo_keys(conninfo: str) -> set[str]:
+    try:
+        return set(psycopg.conninfo.conninfo_to_dict(conninfo))
+    except psycopg.ProgrammingError:
+        return set()  # the connection attempt will report the bad URL
 
 
 class Store:
@@ -62,7 +80,7 @@ class Store:
 
     def _connect_kwargs(self) -> dict[str, Any]:
         statement_ms = int(self._timeout * 1000)
-        return {
+        kwargs: dict[str, Any] = {
             "row_factory": dict_row,
             "connect_timeout": max(1, int(self._timeout)),
             "options": f"-c statement_timeout={statement_ms} "
@@ -70,6 +88,15 @@ class Store:
             f"-c idle_in_transaction_session_timeout={statement_ms * 5}",
             "application_name": "sealednotes",
         }
+        # statement_timeout is enforced by the server and cannot end a wait on a server
+        # gone silent (host lost, network cut): the socket would block for the kernel's
+        # retransmission time, and with it the request, or a batch of audit records.
+        # Defaults only: settings in the URL win.
+        given = _conninfo_keys(self._conninfo)
+        for key, value in SILENT_SERVER_DEFAULTS.items():
+            if key not in given:
+                kwargs[key] = value
+        return kwargs
 
     def _group_commit(self) -> AuditGroupCommit:
         # One per process, like the pool (its lock must not be shared across a fork).

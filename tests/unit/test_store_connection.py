@@ -1,0 +1,22 @@
+"""The database connections' own safety settings (service/adapters/postgres/store.py)."""
+
+from __future__ import annotations
+
+from service.adapters.postgres.store import SILENT_SERVER_DEFAULTS, Store
+
+
+def test_a_silent_server_is_an_error_within_seconds_by_default() -> None:
+    kwargs = Store("postgresql://app@db/sealednotes")._connect_kwargs()
+    assert kwargs["tcp_user_timeout"] == 2000 and kwargs["keepalives"] == 1
+    assert {k: kwargs[k] for k in SILENT_SERVER_DEFAULTS} == SILENT_SERVER_DEFAULTS
+    assert "statement_timeout=2000" in kwargs["options"]
+
+
+def test_settings_in_the_url_win_over_the_defaults() -> None:
+    url = "postgresql://app@db/sealednotes?tcp_user_timeout=9000&keepalives_idle=30"
+    kwargs = Store(url)._connect_kwargs()
+    # Passed as keywords they would override the URL: they are left out instead.
+    assert "tcp_user_timeout" not in kwargs and "keepalives_idle" not in kwargs
+    assert kwargs["keepalives_count"] == 3
+    kv = "host=db dbname=sealednotes tcp_user_timeout=500"
+    assert "tcp_user_timeout" not in Store(kv)._connect_kwargs()
