@@ -56,8 +56,15 @@ def test_rotate_and_retire_10k_patients_under_concurrent_writes(
 
     def writer() -> None:
         client = Api(app.test_client())
+        pids: list[str] = []
         while not stop.is_set():
-            pid = stack.patient_for(t, dr)
+            # New patients, then existing ones again: within the clinician's hourly
+            # limit of distinct patients written to (60), however fast this loop runs.
+            if len(pids) < 40:
+                pids.append(stack.patient_for(t, dr))
+                pid = pids[-1]
+            else:
+                pid = pids[len(written) % len(pids)]
             for i in range(2):
                 r = client.post(
                     f"/v1/patients/{pid}/notes",
