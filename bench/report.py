@@ -238,7 +238,9 @@ def render_table(summary: dict[str, Any]) -> str:
             for i, step in enumerate(t["steps"], 1):
                 lines.append(f"      {i:>2}. {step['mean_wait_us']:>8.0f} us  {step['statement']}")
         for t in summary["round_trips"]["timings"]:
-            lines.append(f"  {t['operation']}: {t['mean_ms']:.3f} ms")
+            lines.append(
+                f"  {t['operation']}: mean {t['mean_ms']:.3f} ms, p50 {t['p50_ms']:.3f} ms"
+            )
     return "\n".join(lines)
 
 
