@@ -80,6 +80,26 @@ def document(patient_id: str) -> dict[str, Any]:
     }
 
 
+def _seed(value: object) -> str:
+    """A UUID derived from a generated value, for `pick`: the same case is aimed the same
+    way on every run (seeded generation, seeded aim), whatever the value's type."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, repr(value)))
+
+
+def _void_a_fresh_note(env: Any, case: Any) -> None:
+    """Voiding is final: aimed at the shared note, it would turn every later update into 409
+    and leave the operation without a 2xx in the runs whose voiding comes early."""
+    if (case.path_parameters or {}).get("note_id") != env.notes[0]:
+        return
+    r = env.api.post(
+        f"/v1/patients/{env.patients[0]}/notes",
+        env.tokens[Role.CLINICIAN],
+        {"kind": "progress", "title": "t", "body": "to be voided"},
+    )
+    assert r.status_code == 201, r.get_json()
+    case.path_parameters["note_id"] = r.get_json()["id"]
+
+
 def aim(env: Any, case: Any, op: str) -> None:
     body_positive = not is_negative_at(case, ParameterLocation.BODY)
     query_positive = not is_negative_at(case, ParameterLocation.QUERY)
@@ -97,6 +117,7 @@ def aim(env: Any, case: Any, op: str) -> None:
             case.body = document(env.patients[0])
             if status == "entered-in-error" and op == "fhirUpdateDocumentReference":
                 case.body["status"] = status
+                _void_a_fresh_note(env, case)
     if op == "fhirUpdateDocumentReference" and not is_negative_at(case, ParameterLocation.HEADER):
         # The current version, on the same half of the cases whose body was aimed above
         # (and on half of the rest), so some updates get past the precondition; the
@@ -109,13 +130,16 @@ def aim(env: Any, case: Any, op: str) -> None:
         if op == "fhirSearchPatient" and _odd(case.query.get("identifier")):
             case.query["identifier"] = "urn:mrn|MRN-FUZZ-0001"
         if op == "fhirSearchDocumentReference" and _odd(sorted(case.query)):
-            real = pick("patient", str(uuid.uuid4()), env.patients) or env.patients[0]
+            real = pick("patient", _seed(sorted(map(str, case.query.items()))), env.patients)
+            real = real or env.patients[0]
             case.query.pop("subject", None)
+            # A generated cursor is never one the server issued: it only ever meets 400.
+            case.query.pop("_cursor", None)
             case.query["patient"] = real
         if op == "fhirSearchAuditEvent":
             for name, pool in (("patient", env.patients), ("agent", env.principals)):
                 if name in case.query:
-                    real = pick(name, str(uuid.uuid4()), pool)
+                    real = pick(name, _seed(case.query[name]), pool)
                     if real is not None:
                         case.query[name] = real
     elif op == "fhirSearchDocumentReference" and query_positive and case.query is None:
