@@ -3,7 +3,7 @@ adapter (service/adapters/postgres/) implements each; tests/fakes/ in memory."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -46,6 +46,11 @@ class PrincipalsRepository(Protocol):
     ) -> bool: ...
 
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None: ...
+
+    def lock_principals(self, principal_ids: Sequence[str]) -> None:
+        """Row-lock several principals at once, always in the same (id) order, so that two
+        transactions locking overlapping sets wait for each other instead of deadlocking."""
+        ...
 
     def principal_by_name(self, tenant_id: str, name: str) -> Principal | None: ...
 

@@ -195,7 +195,7 @@ class PrincipalsService:
             # Decided under the target's row lock: a read taken before waiting could be
             # stale (a decoy's suspension or an unlock since) and lift what needs two.
             if caller is not None:
-                self._admin_action(tx, caller, now, "principal.unlock")
+                self._admin_action(tx, caller, now, "principal.unlock", principal_id)
                 target = tx.principals.principal_in_tenant(
                     caller.principal.tenant_id, principal_id, for_update=True
                 )
@@ -261,7 +261,7 @@ class PrincipalsService:
         immediate; raising it above the defaults waits for a second admin."""
         with self._store.transaction() as tx:
             now = self._clock.now()
-            self._admin_action(tx, caller, now, "principal.budget")
+            self._admin_action(tx, caller, now, "principal.budget", principal_id)
             target = tx.principals.principal_in_tenant(caller.principal.tenant_id, principal_id)
             if target is None:
                 raise NotFound()
@@ -296,7 +296,12 @@ class PrincipalsService:
             "release_per_day": per_day,
         }
 
-    def _admin_action(self, tx: UnitOfWork, caller: Caller, now: datetime, action: str) -> None:
+    def _admin_action(
+        self, tx: UnitOfWork, caller: Caller, now: datetime, action: str, target_id: str
+    ) -> None:
         require(caller, Permission.PRINCIPAL_MANAGE)
+        # The charge locks the admin's own row and the action then the target's: taken one
+        # by one, A acting on B while B acts on A would deadlock. Both at once, in one order.
+        tx.principals.lock_principals([caller.principal.id, target_id])
         if self._limiter is not None:
             self._limiter.charge(tx, caller, self._limiter.admin, now, action=action)

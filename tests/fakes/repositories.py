@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ class State:
     approvals: dict[str, Approval] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
     actor: dict[str, Any] = field(default_factory=dict)
+    locked_principals: list[list[str]] = field(default_factory=list)  # each lock_principals
 
 
 class _Repo:
@@ -94,6 +96,9 @@ class FakePrincipals(_Repo):
 
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None:
         return self.s.principals.get(principal_id)
+
+    def lock_principals(self, principal_ids: Sequence[str]) -> None:
+        self.s.locked_principals.append(sorted(principal_ids))
 
     def principal_in_tenant(
         self, tenant_id: str, principal_id: str, *, for_update: bool = False

@@ -214,3 +214,48 @@ def test_a_storm_of_arms_and_clears_loses_no_arm(
     lost = [p for p in patients if p not in armed]
     assert set(codes) <= {200, 202}, codes
     assert not lost, f"{len(lost)} of 60 arms lost to an unapproved clear"
+
+
+def test_two_admins_acting_on_each_other_never_deadlock(
+    stack: StackHelper, live_server: Callable[..., LiveServer], db_url: str
+) -> None:
+    """Every admin action locks its caller's row (the exact hourly count); one that changes
+    another principal also locks the target's. A acting on B while B acts on A must take
+    the two locks in one order, or PostgreSQL breaks the cycle by aborting one (503)."""
+    server = live_server(
+        workers=4, SEALEDNOTES_ADMIN_ACTIONS_PER_HOUR="10000", SEALEDNOTES_MAX_IN_FLIGHT="16"
+    )
+    t = stack.tenant()
+    admin_b = stack.principal(t, Role.ADMIN)
+    admins = [(t.admin.token, t.admin.id), (admin_b.token, admin_b.id)]
+    # Budget raises for each other, to be approved by each other during the storm: the
+    # approval's action updates the other admin's row under the approver's own lock.
+    pending: list[tuple[str, str]] = []
+    for i, ((token, _), (_, other)) in enumerate(
+        [(admins[0], admins[1]), (admins[1], admins[0])] * 6
+    ):
+        r = requests.put(
+            f"{server.url}/v1/admin/principals/{other}/budget",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"per_hour": 90_000 + i},
+            timeout=30,
+        )
+        assert r.status_code == 202, r.text
+        pending.append((token, r.json()["approval"]["id"]))
+    jobs: list[tuple[str, str, str, object]] = []
+    for i in range(12):
+        for (token, _), (_, other) in ((admins[0], admins[1]), (admins[1], admins[0])):
+            jobs.append((token, "POST", f"/v1/admin/principals/{other}/unlock", None))
+            jobs.append(
+                (token, "PUT", f"/v1/admin/principals/{other}/budget", {"per_hour": 10 + i})
+            )
+    # Each request is decided by the admin who did not ask for it.
+    decider = {admins[0][0]: admins[1][0], admins[1][0]: admins[0][0]}
+    for requester, approval in pending:
+        jobs.append((decider[requester], "POST", f"/v1/admin/approvals/{approval}/approve", None))
+    jobs = jobs[::2] + jobs[1::2]  # interleave the two admins' kinds of action
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(lambda j: _call(server, j[0], j[1], j[2], j[3]), jobs))
+    failed = [c for c in codes if c >= 500]
+    assert not failed, f"{len(failed)} of {len(codes)} answered {sorted(set(failed))}"
+    assert set(codes) <= {200}, sorted(set(codes))

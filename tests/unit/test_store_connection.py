@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from service.adapters.postgres.store import SILENT_SERVER_DEFAULTS, Store
 
 
@@ -20,3 +22,13 @@ def test_settings_in_the_url_win_over_the_defaults() -> None:
     assert kwargs["keepalives_count"] == 3
     kv = "host=db dbname=sealednotes tcp_user_timeout=500"
     assert "tcp_user_timeout" not in Store(kv)._connect_kwargs()
+
+
+def test_a_libpq_service_file_keeps_its_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its values are not visible to the service; keywords passed would override them.
+    monkeypatch.delenv("PGSERVICE", raising=False)
+    for url in ("postgresql:///?service=sealednotes", "service=sealednotes"):
+        kwargs = Store(url)._connect_kwargs()
+        assert not set(SILENT_SERVER_DEFAULTS) & set(kwargs), url
+    monkeypatch.setenv("PGSERVICE", "sealednotes")
+    assert not set(SILENT_SERVER_DEFAULTS) & set(Store("dbname=x")._connect_kwargs())

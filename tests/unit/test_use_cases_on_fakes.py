@@ -141,6 +141,18 @@ def test_a_second_admin_approves_and_the_action_runs_once(w: World):
     assert aid in w.db.committed.actor["reason"]
 
 
+def test_approving_locks_approver_and_target_together_in_one_call(w: World):
+    # One call, so that the adapter can take both row locks in a fixed order: the charge
+    # would otherwise lock the approver and the action then the target, and two admins
+    # approving actions on each other would deadlock.
+    service, _ = approvals_for(w)
+    w.db.state.principals["doc"] = Principal("doc", "t1", "doc", Role.CLINICIAN)
+    w.db.committed = _copy(w.db.state)
+    aid = ask(w, service)
+    service.approve(w.caller("adm2"), aid)
+    assert w.db.committed.locked_principals == [["adm2", "doc"]]
+
+
 def test_an_expired_request_cannot_be_approved(w: World):
     service, executed = approvals_for(w)
     aid = ask(w, service)

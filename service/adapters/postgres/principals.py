@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from service.adapters.postgres.base import (
@@ -36,6 +37,14 @@ class PrincipalsRepository(Repo):
             (principal_id,),
         )
         return _principal(row) if row else None
+
+    def lock_principals(self, principal_ids: Sequence[str]) -> None:
+        # Rows are locked as the sorted scan returns them: one order for every caller.
+        self._all(
+            "SELECT p.id FROM principals p WHERE p.id = ANY(%s::uuid[]) ORDER BY p.id"
+            " FOR NO KEY UPDATE",
+            (list(principal_ids),),
+        )
 
     def principal_by_name(self, tenant_id: str, name: str) -> Principal | None:
         row = self._one(

@@ -91,8 +91,11 @@ class Store:
         # statement_timeout is enforced by the server and cannot end a wait on a server
         # gone silent (host lost, network cut): the socket would block for the kernel's
         # retransmission time, and with it the request, or a batch of audit records.
-        # Defaults only: settings in the URL win.
+        # Defaults only: settings in the URL win, and so does a libpq service file (its
+        # values are not visible here, and keywords passed here would override them).
         given = _conninfo_keys(self._conninfo)
+        if "service" in given or os.environ.get("PGSERVICE"):
+            return kwargs
         for key, value in SILENT_SERVER_DEFAULTS.items():
             if key not in given:
                 kwargs[key] = value
