@@ -74,8 +74,13 @@ def test_an_unlock_that_waited_cannot_lift_a_decoy_suspension_alone(
 ) -> None:
     server = live_server(workers=4, SEALEDNOTES_ADMIN_ACTIONS_PER_HOUR="1000")
     t = stack.tenant()
-    admin_b = stack.principal(t, Role.ADMIN)
     dr, decoy = _decoy_armed_clinician(stack, server, t)
+    # An admin action locks the admin's and the target's rows in id order. B must wait for
+    # its own row holding nothing, as it does when its id sorts first: had it locked the
+    # clinician's row first, A's unlock would queue behind B instead of racing it.
+    admin_b = stack.principal(t, Role.ADMIN)
+    while admin_b.id > dr.id:
+        admin_b = stack.principal(t, Role.ADMIN)
     stack.services.principals.suspend(dr.id, "benign")  # never unlocked, not a decoy
     assert _principal_state(db_url, dr.id) == (True, "operator: benign")
 
