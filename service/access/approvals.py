@@ -123,7 +123,7 @@ class ApprovalsService:
             # A request's target never changes, so reading it before the lock is safe.
             unlocked = tx.approvals.approval(p.tenant_id, approval_id)
             target = unlocked.target_principal_id if unlocked is not None else None
-            tx.principals.lock_principals([p.id] + ([target] if target else []))
+            tx.principals.lock_principals(p.tenant_id, [p.id] + ([target] if target else []))
             self._limiter.charge(tx, caller, self._limiter.admin, now, action="approval.decide")
             approval = tx.approvals.approval(p.tenant_id, approval_id, for_update=True)
             if approval is None:

@@ -302,6 +302,6 @@ class PrincipalsService:
         require(caller, Permission.PRINCIPAL_MANAGE)
         # The charge locks the admin's own row and the action then the target's: taken one
         # by one, A acting on B while B acts on A would deadlock. Both at once, in one order.
-        tx.principals.lock_principals([caller.principal.id, target_id])
+        tx.principals.lock_principals(caller.principal.tenant_id, [caller.principal.id, target_id])
         if self._limiter is not None:
             self._limiter.charge(tx, caller, self._limiter.admin, now, action=action)

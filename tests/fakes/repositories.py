@@ -97,8 +97,10 @@ class FakePrincipals(_Repo):
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None:
         return self.s.principals.get(principal_id)
 
-    def lock_principals(self, principal_ids: Sequence[str]) -> None:
-        self.s.locked_principals.append(sorted(principal_ids))
+    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> None:
+        self.s.locked_principals.append(
+            sorted(i for i in principal_ids if self.principal_in_tenant(tenant_id, i))
+        )
 
     def principal_in_tenant(
         self, tenant_id: str, principal_id: str, *, for_update: bool = False

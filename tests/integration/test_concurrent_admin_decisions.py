@@ -232,21 +232,22 @@ def test_two_admins_acting_on_each_other_never_deadlock(
     )
     t = stack.tenant()
     admin_b = stack.principal(t, Role.ADMIN)
+    admin_c = stack.principal(t, Role.ADMIN)
     admins = [(t.admin.token, t.admin.id), (admin_b.token, admin_b.id)]
-    # Budget raises for each other, to be approved by each other during the storm: the
-    # approval's action updates the other admin's row under the approver's own lock.
+    # Budget raises for A and for B, asked by a third admin C, each to be approved during
+    # the storm by the other one of A and B: the approval's action then updates the other
+    # admin's row while the approver's own row is locked for the charge.
     pending: list[tuple[str, str]] = []
-    for i, ((token, _), (_, other)) in enumerate(
-        [(admins[0], admins[1]), (admins[1], admins[0])] * 6
-    ):
+    for i in range(12):
+        (_, target), (decider, _) = (admins[0], admins[1]) if i % 2 else (admins[1], admins[0])
         r = requests.put(
-            f"{server.url}/v1/admin/principals/{other}/budget",
-            headers={"Authorization": f"Bearer {token}"},
+            f"{server.url}/v1/admin/principals/{target}/budget",
+            headers={"Authorization": f"Bearer {admin_c.token}"},
             json={"per_hour": 90_000 + i},
             timeout=30,
         )
         assert r.status_code == 202, r.text
-        pending.append((token, r.json()["approval"]["id"]))
+        pending.append((decider, r.json()["approval"]["id"]))
     jobs: list[tuple[str, str, str, object]] = []
     for i in range(12):
         for (token, _), (_, other) in ((admins[0], admins[1]), (admins[1], admins[0])):
@@ -254,13 +255,34 @@ def test_two_admins_acting_on_each_other_never_deadlock(
             jobs.append(
                 (token, "PUT", f"/v1/admin/principals/{other}/budget", {"per_hour": 10 + i})
             )
-    # Each request is decided by the admin who did not ask for it.
-    decider = {admins[0][0]: admins[1][0], admins[1][0]: admins[0][0]}
-    for requester, approval in pending:
-        jobs.append((decider[requester], "POST", f"/v1/admin/approvals/{approval}/approve", None))
+    for decider, approval in pending:
+        jobs.append((decider, "POST", f"/v1/admin/approvals/{approval}/approve", None))
     jobs = jobs[::2] + jobs[1::2]  # interleave the two admins' kinds of action
     with ThreadPoolExecutor(max_workers=16) as pool:
         codes = list(pool.map(lambda j: _call(server, j[0], j[1], j[2], j[3]), jobs))
     failed = [c for c in codes if c >= 500]
     assert not failed, f"{len(failed)} of {len(codes)} answered {sorted(set(failed))}"
     assert set(codes) <= {200}, sorted(set(codes))
+
+
+def test_an_admin_never_locks_another_tenants_account(
+    stack: StackHelper, live_server: Callable[..., LiveServer], db_url: str
+) -> None:
+    """The target's id comes from the URL. Locked without the tenant filter, an admin
+    flooding unlocks of a foreign id (each a 404, rolled back, never charged) would queue
+    that account's own key releases and suspension behind it. Here the foreign account's
+    row is busy: a request that waited for it would end at the lock timeout, 503."""
+    server = live_server(workers=2)
+    t, other = stack.tenant(), stack.tenant()
+    victim = stack.clinician(other)
+    busy = psycopg.connect(db_url)
+    busy.execute("SELECT 1 FROM principals WHERE id = %s FOR NO KEY UPDATE", (victim.id,))
+    try:
+        for method, path, body in (
+            ("POST", f"/v1/admin/principals/{victim.id}/unlock", None),
+            ("PUT", f"/v1/admin/principals/{victim.id}/budget", {"per_hour": 5}),
+        ):
+            assert _call(server, t.admin.token, method, path, body) == 404, path
+    finally:
+        busy.rollback()
+        busy.close()
