@@ -123,6 +123,7 @@ def fuzz_env(make_app: AppFactory) -> Iterator[FuzzEnv]:
         approvals=approvals,
     )
     fhir_fuzz.prepare(env, tenant.integration.id)
+    env.extra["fresh_note"] = lambda: stack.note(clinician, patient)["id"]  # to be voided
     CURRENT_APP.app = app
     try:
         yield env
