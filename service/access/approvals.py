@@ -118,13 +118,18 @@ class ApprovalsService:
         p = caller.principal
         with self._store.transaction() as tx:
             now = self._clock.now()
-            # Approving may change another principal's row (unlock, budget) while the charge
-            # holds the approver's: lock both at once, in one order (see lock_principals).
-            # A request's target never changes, so reading it before the lock is safe.
+            # Approving may change the account the request names (unlock, budget): the
+            # charge locks it with the approver's. A request's target never changes (the
+            # approval guard refuses it), so reading it before the lock is safe.
             unlocked = tx.approvals.approval(p.tenant_id, approval_id)
-            target = unlocked.target_principal_id if unlocked is not None else None
-            tx.principals.lock_principals(p.tenant_id, [p.id] + ([target] if target else []))
-            self._limiter.charge(tx, caller, self._limiter.admin, now, action="approval.decide")
+            self._limiter.charge(
+                tx,
+                caller,
+                self._limiter.admin,
+                now,
+                action="approval.decide",
+                target_principal_id=unlocked.target_principal_id if unlocked else None,
+            )
             approval = tx.approvals.approval(p.tenant_id, approval_id, for_update=True)
             if approval is None:
                 raise NotFound()

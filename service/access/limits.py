@@ -52,14 +52,22 @@ class ActionLimiter:
         *,
         action: str,
         patient_id: str | None = None,
+        target_principal_id: str | None = None,
     ) -> None:
-        """Count one action, or refuse it (audited, a denial, committed) with 429."""
+        """Count one action, or refuse it (audited, a denial, committed) with 429.
+
+        `target_principal_id`: the account the action will change (an unlock, a budget),
+        locked here together with the caller's."""
         p = caller.principal
         # Serialise one principal's limited actions so the count is exact: without the
         # lock, N concurrent requests could each see room for one more (and an admin's
         # care-team grants, counted under this lock too, pass the second-admin
-        # threshold). Suspension is re-checked once the lock is held.
-        locked = tx.principals.principal(p.id, for_update=True)
+        # threshold). Suspension is re-checked once the lock is held. An action on another
+        # account locks both rows in one call, in one order: locked one by one (own row
+        # here, the target's by the action), admin A acting on B while B acts on A
+        # would deadlock.
+        targets = [target_principal_id] if target_principal_id else []
+        locked = tx.principals.lock_principals(p.tenant_id, [p.id, *targets]).get(p.id)
         if locked is None or locked.suspended:
             raise AccountSuspended()
         allowed, oldest = tx.ledger.charge_action(

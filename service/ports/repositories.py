@@ -47,10 +47,11 @@ class PrincipalsRepository(Protocol):
 
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None: ...
 
-    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> None:
-        """Row-lock several principals of one tenant at once, always in the same (id) order,
-        so that two transactions locking overlapping sets wait for each other instead of
-        deadlocking. Ids of other tenants (or of no one) lock nothing."""
+    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> dict[str, Principal]:
+        """Row-lock principals of one tenant at once, always in the same (id) order, so that
+        two transactions locking overlapping sets wait for each other instead of
+        deadlocking; the rows as locked, by id. Ids of other tenants (or of no one) lock
+        nothing and are absent."""
         ...
 
     def principal_by_name(self, tenant_id: str, name: str) -> Principal | None: ...

@@ -300,8 +300,7 @@ class PrincipalsService:
         self, tx: UnitOfWork, caller: Caller, now: datetime, action: str, target_id: str
     ) -> None:
         require(caller, Permission.PRINCIPAL_MANAGE)
-        # The charge locks the admin's own row and the action then the target's: taken one
-        # by one, A acting on B while B acts on A would deadlock. Both at once, in one order.
-        tx.principals.lock_principals(caller.principal.tenant_id, [caller.principal.id, target_id])
         if self._limiter is not None:
-            self._limiter.charge(tx, caller, self._limiter.admin, now, action=action)
+            self._limiter.charge(
+                tx, caller, self._limiter.admin, now, action=action, target_principal_id=target_id
+            )

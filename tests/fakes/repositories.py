@@ -97,10 +97,14 @@ class FakePrincipals(_Repo):
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None:
         return self.s.principals.get(principal_id)
 
-    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> None:
-        self.s.locked_principals.append(
-            sorted(i for i in principal_ids if self.principal_in_tenant(tenant_id, i))
-        )
+    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> dict[str, Principal]:
+        found = {
+            i: p
+            for i in sorted(set(principal_ids))
+            if (p := self.principal_in_tenant(tenant_id, i))
+        }
+        self.s.locked_principals.append(list(found))
+        return found
 
     def principal_in_tenant(
         self, tenant_id: str, principal_id: str, *, for_update: bool = False

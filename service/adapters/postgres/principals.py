@@ -38,15 +38,16 @@ class PrincipalsRepository(Repo):
         )
         return _principal(row) if row else None
 
-    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> None:
+    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> dict[str, Principal]:
         # Rows are locked as the sorted scan returns them (LockRows above Sort): one order
         # for every caller. The tenant filter: an id from a URL never locks another
         # tenant's account.
-        self._all(
-            "SELECT p.id FROM principals p WHERE p.id = ANY(%s::uuid[]) AND p.tenant_id = %s"
-            " ORDER BY p.id FOR NO KEY UPDATE",
+        rows = self._all(
+            f"SELECT {PRINCIPAL_COLUMNS} FROM principals p"
+            " WHERE p.id = ANY(%s::uuid[]) AND p.tenant_id = %s ORDER BY p.id FOR NO KEY UPDATE",
             (list(principal_ids), tenant_id),
         )
+        return {(p := _principal(row)).id: p for row in rows}
 
     def principal_by_name(self, tenant_id: str, name: str) -> Principal | None:
         row = self._one(
