@@ -65,3 +65,37 @@ def test_request_id_is_attached() -> None:
         assert json.loads(RedactingJsonFormatter().format(rec))["request_id"] == "rid-42"
     finally:
         request_id_var.reset(token)
+
+
+def test_access_line_names_the_request_but_never_its_query_string() -> None:
+    """The lean access logger: address, method, path, status, bytes, time and the
+    request id; the query string (which may carry identifiers) never."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from service.config import Settings
+    from service.serving import AccessLogger, gunicorn_options
+
+    config = Config()
+    settings = Settings(database_url="postgresql://x", vault_addr="http://x")
+    for key, value in gunicorn_options(settings).items():
+        if key in ("bind", "accesslog", "logger_class"):
+            config.set(key, value)
+    assert config.logger_class is AccessLogger
+    logger = AccessLogger(config)
+    lines: list[str] = []
+    logger.access_log.handlers[:] = []
+    logger.access_log.addFilter(lambda r: bool(lines.append(r.getMessage())))
+    response = SimpleNamespace(
+        status="200 OK", sent=512, headers=[("Content-Type", "x"), ("X-Request-Id", "rid-1")]
+    )
+    environ = {
+        "REMOTE_ADDR": "10.0.0.7",
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/v1/patients",
+        "QUERY_STRING": "identifier=MRN-SECRET-1",
+    }
+    logger.access(response, None, environ, timedelta(milliseconds=12))
+    assert lines == ['10.0.0.7 "GET /v1/patients" 200 512 12ms rid=rid-1']
