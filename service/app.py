@@ -243,11 +243,13 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
-        services.metrics.requests.labels(
-            route=route, method=request.method, status=str(response.status_code)
-        ).inc()
-        if "started" in g:
-            services.metrics.latency.labels(route=route).observe(time.perf_counter() - g.started)
+        started = g.get("started")
+        services.metrics.observe_request(
+            route,
+            request.method,
+            response.status_code,
+            None if started is None else time.perf_counter() - started,
+        )
         return response
 
     @app.errorhandler(ServiceError)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Methods a client may send are unbounded; each label value is a time series kept for
+# ever, so anything else is counted as OTHER.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
@@ -64,3 +69,27 @@ class Metrics:
             ["dependency"],
             registry=self.registry,
         )
+        # Labelled children by label values: prometheus_client's labels() validates
+        # and locks on every call, and these are on every request.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._granted = self.key_releases.labels(outcome="granted")
+        self._cache_hit = self.key_cache.labels(result="hit")
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float | None) -> None:
+        key = (route, method if method in KNOWN_METHODS else "OTHER", status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route=key[0], method=key[1], status=str(status)),
+                self.latency.labels(route=key[0]),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
+
+    def key_granted(self) -> None:
+        self._granted.inc()
+
+    def key_cache_hit(self) -> None:
+        self._cache_hit.inc()

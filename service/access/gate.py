@@ -291,7 +291,7 @@ class KeyReleaseGate:
             note_id=note_id,
             reason="break-glass" if via == "break-glass" else None,
         )
-        self._metrics.key_releases.labels(outcome="granted").inc()
+        self._metrics.key_granted()
         return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
 
     def key_for_write(

@@ -56,7 +56,7 @@ class KeyUnwrapper:
         ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
         cached = self._cache.get(ckey)
         if cached is not None:
-            self._metrics.key_cache.labels(result="hit").inc()
+            self._metrics.key_cache_hit()
             return cached
         self._metrics.key_cache.labels(result="miss").inc()
         try:

@@ -38,6 +38,18 @@ def test_metrics_cover_requests_releases_cache_and_suspensions(make_app: AppFact
         assert expected in text, expected
 
 
+def test_unknown_methods_share_one_metrics_label(make_app: AppFactory) -> None:
+    """Each label value is a time series kept for ever: a client inventing methods must
+    not grow the metrics without bound."""
+    app = make_app()
+    client = app.test_client()
+    for i in range(5):
+        assert client.open("/v1/me", method=f"BREW{i}").status_code in (401, 405)
+    text = Api(client).get("/metrics", METRICS_TOKEN).get_data(as_text=True)
+    assert "BREW" not in text
+    assert 'method="OTHER"' in text
+
+
 def test_gunicorn_logs_are_json_with_request_ids_and_metrics_span_workers(
     stack: StackHelper, live_server: Callable[..., LiveServer]
 ) -> None:
