@@ -32,7 +32,7 @@ import psycopg
 
 from bench.seed import Dataset, bench_settings
 from bench.stack import Stack
-from service.access.authentication import authenticate
+from service.access.authentication import authenticate, hash_token
 from service.access.caller import Caller
 from service.app import build_services
 from service.notes.sealing import NoteContent
@@ -226,6 +226,13 @@ def trace_round_trips(
         def read() -> object:
             return svc.notes.read(auth(), note.id)
 
+        digest = hash_token(clinician.token)
+
+        def read_remembered() -> object:
+            # The API's warm read after a token's first request: the worker remembers
+            # the caller and the read's own statement confirms it.
+            return svc.notes.read(caller, note.id, confirm_token=digest)
+
         def create() -> object:
             return svc.notes.create(
                 auth(), note.patient_id, kind="progress", content=content, encounter_at=None
@@ -240,6 +247,7 @@ def trace_round_trips(
                 for name, fn in (
                     ("authenticate (every API request)", auth),
                     ("warm read (authenticate + NotesService.read)", read),
+                    ("warm read, remembered caller (the API's path)", read_remembered),
                     ("create (authenticate + NotesService.create)", create),
                 ):
                     traces.append(_trace_operation(name, fn, sink, parser, iterations, warmup=8))
@@ -249,6 +257,9 @@ def trace_round_trips(
         finally:
             trace_path.unlink(missing_ok=True)
         timings.append(_time("Sealed Notes warm read, untraced", read, iterations * 4))
+        timings.append(
+            _time("Sealed Notes warm read, remembered caller", read_remembered, iterations * 4)
+        )
         # Cold: the key cache emptied before each read, so the data key comes from Vault
         # (one Transit unwrap, its key.unwrap record); the patient was already released
         # this hour, so no budget is spent.

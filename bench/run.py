@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             body_chars=args.body_chars,
         )
         seed_peers(stack, data)
+        stack.settle()
         shape = ServingShape(workers=args.workers, threads=args.threads, pool_size=args.threads)
         summary: dict[str, Any] = {
             "environment": {

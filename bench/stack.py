@@ -128,6 +128,17 @@ class Stack:
             ppid = parent_pid(backend) if local else None
         return ppid or None
 
+    def settle(self) -> None:
+        """After seeding: vacuum, analyze and checkpoint the bench database, so that no
+        system's slice meets autovacuum, fresh statistics or the seed's checkpoint."""
+        with psycopg.connect(self.owner_url, autocommit=True) as conn:
+            conn.execute("VACUUM (ANALYZE)")
+        with (
+            contextlib.suppress(psycopg.Error),  # a server that refuses: measured as is
+            psycopg.connect(self.admin_url, autocommit=True) as conn,
+        ):
+            conn.execute("CHECKPOINT")
+
     def server_version(self) -> str:
         with psycopg.connect(self.owner_url) as conn:
             row = conn.execute("SHOW server_version").fetchone()

@@ -113,6 +113,11 @@ class BudgetExceeded(ServiceError):
         )
 
 
+class CallerChanged(Exception):
+    """A remembered caller no longer matches the database (token revoked or expired,
+    account changed): nothing was done; authenticate afresh and start again."""
+
+
 class TenantCapReached(Exception):
     """The database refused a release past the tenant's hourly cap (its own check)."""
 

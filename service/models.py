@@ -106,6 +106,19 @@ class GateSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class NoteSnapshot:
+    """A warm read's one statement: the note with its current version, the gate's
+    snapshot for its patient, and the caller's principal and token as stored now (to
+    confirm a remembered caller, service/access/remembered.py)."""
+
+    note: NoteRow | None  # None: the tenant has no such note
+    version: NoteVersionRow | None
+    gate: GateSnapshot
+    principal: Principal | None
+    token_valid: bool  # the token asked about is live and this principal's
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetUsage:
     """Distinct patients released in the sliding windows, before this request."""
 

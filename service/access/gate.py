@@ -36,6 +36,7 @@ from service.config import Budgets
 from service.errors import (
     AccountSuspended,
     BudgetExceeded,
+    CallerChanged,
     Gone,
     NotFound,
 )
@@ -236,21 +237,36 @@ class KeyReleaseGate:
     # -- the gate ---------------------------------------------------------------------
 
     def release_note(
-        self, tx: UnitOfWork, caller: Caller, note_id: str, *, action: str
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        note_id: str,
+        *,
+        action: str,
+        confirm_token: bytes | None = None,
     ) -> tuple[NoteRow, NoteVersionRow | None, Release] | None:
         """Release the key of a note's patient for reading it: the note, its current
         version and the gate's snapshot come in one statement (a warm read's only
-        read). None when the tenant has no such note (the caller denies it)."""
+        read). None when the tenant has no such note (the caller denies it).
+
+        `confirm_token`: the caller was remembered, not authenticated by this request
+        (service/access/remembered.py). The same statement re-reads the principal and
+        that token; unless both are exactly as remembered, nothing is decided or
+        written and CallerChanged asks the request to authenticate afresh."""
         now = self._clock.now()
         p = caller.principal
-        found = tx.ledger.note_gate_snapshot(p.id, p.tenant_id, note_id, now)
-        if found is None:
-            return None
-        note, version, snapshot = found
-        release = self.release(
-            tx, caller, note.patient_id, action=action, note_id=note.id, _seen=(now, snapshot)
+        found = tx.ledger.note_gate_snapshot(
+            p.id, p.tenant_id, note_id, now, token_hash=confirm_token
         )
-        return note, version, release
+        if confirm_token is not None and not (found.token_valid and found.principal == p):
+            raise CallerChanged()
+        if found.note is None:
+            return None
+        note = found.note
+        release = self.release(
+            tx, caller, note.patient_id, action=action, note_id=note.id, _seen=(now, found.gate)
+        )
+        return note, found.version, release
 
     def release(
         self,

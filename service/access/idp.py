@@ -37,6 +37,7 @@ from service.access.jwtverify import (
     peek,
     verify_signature,
 )
+from service.access.remembered import RememberedCallers, opaque_token_digest
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.config import IdpSettings
@@ -133,6 +134,9 @@ class IdentityService:
         self._audit = audit
         self._clock = clock
         self._settings = settings
+        # Opaque tokens this worker authenticated: a warm read confirms one in its own
+        # statement instead of authenticating it again (service/access/remembered.py).
+        self.remembered = RememberedCallers()
         self.jwks = jwks or JwksCache(
             ttl=settings.jwks_cache_seconds,
             min_refresh=settings.jwks_min_refresh_seconds,
@@ -228,6 +232,9 @@ class IdentityService:
                     reason=f"account-suspended {what}",
                 )
             raise AccountSuspended()
+        digest = opaque_token_digest(header)
+        if digest is not None:
+            self.remembered.remember(digest, principal)
         return found
 
     def authenticate(self, header: str | None, ctx: RequestContext) -> Principal:

@@ -42,6 +42,21 @@ def caller() -> Caller:
     return c
 
 
+def remembered_caller() -> tuple[Caller, bytes] | None:
+    """The caller this worker authenticated earlier with the same opaque token, and
+    the token's digest, which the use case must confirm in its own statement
+    (service/access/remembered.py); None: call `caller()`."""
+    if "caller" in g:
+        return None
+    return services().idp.remembered.caller(
+        request.headers.get("Authorization"), g.get("request_id"), request.remote_addr
+    )
+
+
+def forget_caller(token_digest: bytes) -> None:
+    services().idp.remembered.forget(token_digest)
+
+
 def json_body() -> Any:
     if not request.is_json:
         raise UnsupportedMediaType()

@@ -279,10 +279,16 @@ class NotesService:
 
     # -- reads (every one through the key-release gate) ---------------------------------
 
-    def read(self, caller: Caller, note_id: str) -> tuple[NoteView, BudgetStatus]:
+    def read(
+        self, caller: Caller, note_id: str, *, confirm_token: bytes | None = None
+    ) -> tuple[NoteView, BudgetStatus]:
+        """`confirm_token`: the caller is remembered; the gate confirms it in the
+        read's own statement (KeyReleaseGate.release_note) or raises CallerChanged."""
         _require_clinician(caller)
         with self._store.transaction() as tx:
-            found = self._gate.release_note(tx, caller, note_id, action="note.read")
+            found = self._gate.release_note(
+                tx, caller, note_id, action="note.read", confirm_token=confirm_token
+            )
             if found is None:
                 self._deny_missing_note(tx, caller, note_id, "note.read")
             assert found is not None

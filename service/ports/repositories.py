@@ -13,6 +13,7 @@ from service.models import (
     BudgetUsage,
     GateSnapshot,
     NoteRow,
+    NoteSnapshot,
     NoteVersionRow,
     OAuthClient,
     Patient,
@@ -154,8 +155,14 @@ class LedgerRepository(Protocol):
     ) -> GateSnapshot: ...
 
     def note_gate_snapshot(
-        self, principal_id: str, tenant_id: str, note_id: str, now: datetime
-    ) -> tuple[NoteRow, NoteVersionRow | None, GateSnapshot] | None: ...
+        self,
+        principal_id: str,
+        tenant_id: str,
+        note_id: str,
+        now: datetime,
+        *,
+        token_hash: bytes | None = None,
+    ) -> NoteSnapshot: ...
 
     def lock_tenant_budget(self, tenant_id: str) -> None: ...
 

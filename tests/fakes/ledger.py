@@ -10,8 +10,7 @@ from service.errors import TenantCapReached
 from service.models import (
     BudgetUsage,
     GateSnapshot,
-    NoteRow,
-    NoteVersionRow,
+    NoteSnapshot,
 )
 from tests.fakes.repositories import SKEW, FakePatients, Release, _Repo
 
@@ -80,13 +79,27 @@ class FakeLedger(_Repo):
         )
 
     def note_gate_snapshot(
-        self, principal_id: str, tenant_id: str, note_id: str, now: datetime
-    ) -> tuple[NoteRow, NoteVersionRow | None, GateSnapshot] | None:
+        self,
+        principal_id: str,
+        tenant_id: str,
+        note_id: str,
+        now: datetime,
+        *,
+        token_hash: bytes | None = None,
+    ) -> NoteSnapshot:
+        principal = self.s.principals.get(principal_id)
+        token = self.s.tokens.get(token_hash) if token_hash is not None else None
+        token_valid = (
+            token is not None and token[0] == principal_id and token[2] is None and token[1] > now
+        )
         note = self.s.notes.get(note_id)
         if note is None or note.tenant_id != tenant_id:
-            return None
+            patient_id = "00000000-0000-0000-0000-000000000000"  # no such patient
+            gate = self.gate_snapshot(principal_id, tenant_id, patient_id, now)
+            return NoteSnapshot(None, None, gate, principal, token_valid)
         version = self.s.versions.get((note.id, note.current_version))
-        return note, version, self.gate_snapshot(principal_id, tenant_id, note.patient_id, now)
+        gate = self.gate_snapshot(principal_id, tenant_id, note.patient_id, now)
+        return NoteSnapshot(note, version, gate, principal, token_valid)
 
     def lock_tenant_budget(self, tenant_id: str) -> None:
         return None

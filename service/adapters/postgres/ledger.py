@@ -18,6 +18,7 @@ from service.adapters.postgres.base import (
     PRINCIPAL_USAGE_SQL,
     Repo,
     _note,
+    _principal,
 )
 from service.errors import (
     Forbidden,
@@ -26,10 +27,11 @@ from service.errors import (
 from service.models import (
     BudgetUsage,
     GateSnapshot,
-    NoteRow,
+    NoteSnapshot,
     NoteVersionRow,
     Patient,
     PatientKeyRow,
+    Principal,
 )
 
 log = logging.getLogger(__name__)
@@ -52,24 +54,41 @@ class LedgerRepository(Repo):
         return _snapshot(row)
 
     def note_gate_snapshot(
-        self, principal_id: str, tenant_id: str, note_id: str, now: datetime
-    ) -> tuple[NoteRow, NoteVersionRow | None, GateSnapshot] | None:
-        """A note with its current version and the gate's snapshot for its patient, in
-        one statement: a warm read's only read. None: no such note in the tenant."""
+        self,
+        principal_id: str,
+        tenant_id: str,
+        note_id: str,
+        now: datetime,
+        *,
+        token_hash: bytes | None = None,
+    ) -> NoteSnapshot:
+        """A note with its current version, the gate's snapshot for its patient and the
+        principal as stored (with whether `token_hash` is its live token), in one
+        statement: a warm read's only read. Always one row: the principal's columns
+        are null when there is no such principal, the note's when the tenant has no
+        such note."""
         row = self._read_one(
             "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
             " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
             " v.version AS v_version, v.sealed, v.author_id, v.created_at AS v_created_at,"
-            " pr.id IS NOT NULL AS principal_found, " + _SNAPSHOT_COLUMNS + " FROM notes n"
-            " LEFT JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version"
+            " pr.id IS NOT NULL AS principal_found, " + _PRINCIPAL_AS_PR + ","
+            " EXISTS (SELECT 1 FROM tokens tk WHERE tk.token_hash = %(token)s"
+            "   AND tk.principal_id = pr.id AND tk.revoked_at IS NULL"
+            "   AND tk.expires_at > %(now)s) AS token_valid, "
+            + _SNAPSHOT_COLUMNS
+            + " FROM (SELECT) one"
             " LEFT JOIN principals pr ON pr.id = %(p)s"
+            " LEFT JOIN notes n ON n.tenant_id = %(t)s AND n.id = %(note)s"
+            " LEFT JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version"
             " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = n.patient_id"
-            + _SNAPSHOT_JOINS.format(patient="n.patient_id")
-            + " WHERE n.tenant_id = %(t)s AND n.id = %(note)s",
-            self._window(principal_id, tenant_id, now, note=note_id),
+            + _SNAPSHOT_JOINS.format(patient="n.patient_id"),
+            self._window(principal_id, tenant_id, now, note=note_id) | {"token": token_hash},
         )
-        if row is None:
-            return None
+        assert row is not None  # one row, whatever matched
+        principal = _principal_as_pr(row) if row["principal_found"] else None
+        gate = _snapshot(row if row["principal_found"] else None)
+        if row["id"] is None:
+            return NoteSnapshot(None, None, gate, principal, row["token_valid"])
         note = _note(row)
         version = (
             NoteVersionRow(
@@ -82,7 +101,7 @@ class LedgerRepository(Repo):
             if row["v_version"] is not None
             else None
         )
-        return note, version, _snapshot(row if row["principal_found"] else None)
+        return NoteSnapshot(note, version, gate, principal, row["token_valid"])
 
     @staticmethod
     def _window(principal_id: str, tenant_id: str, now: datetime, **extra: str) -> dict[str, Any]:
@@ -255,6 +274,30 @@ class LedgerRepository(Repo):
 
 # The gate's snapshot: the principal's suspension, the patient, care team and
 # break-glass, the wrapped key and the principal's usage (service/access/gate.py).
+# The principal's columns under their own names (the note's share id, tenant_id, ...).
+_PRINCIPAL_AS_PR = (
+    "pr.id AS pr_id, pr.tenant_id AS pr_tenant_id, pr.name AS pr_name, pr.role AS pr_role,"
+    " pr.release_per_hour AS pr_release_per_hour, pr.release_per_day AS pr_release_per_day,"
+    " pr.suspended_reason AS pr_suspended_reason, pr.denials_since AS pr_denials_since"
+)
+
+
+def _principal_as_pr(row: dict[str, Any]) -> Principal:
+    return _principal(
+        {
+            "id": row["pr_id"],
+            "tenant_id": row["pr_tenant_id"],
+            "name": row["pr_name"],
+            "role": row["pr_role"],
+            "suspended_at": row["suspended_at"],
+            "release_per_hour": row["pr_release_per_hour"],
+            "release_per_day": row["pr_release_per_day"],
+            "suspended_reason": row["pr_suspended_reason"],
+            "denials_since": row["pr_denials_since"],
+        }
+    )
+
+
 _SNAPSHOT_COLUMNS = (
     "pr.suspended_at,"
     " pt.id AS pt_id, pt.tenant_id AS pt_tenant, pt.is_decoy, pt.shredded_at,"
