@@ -169,6 +169,15 @@ class AuditUnavailable(ServiceUnavailable):
     title = "The access could not be audited, so it was refused"
 
 
+class GateDisagreement(ServiceError):
+    """The warm read's statement recorded a grant the gate, on the same snapshot, would
+    not make: a defect, never a client's doing. Nothing is returned."""
+
+    status = 500
+    slug = "gate-disagreement"
+    title = "The access rules disagreed; no content was returned"
+
+
 class IntegrityFailure(ServiceError):
     status = 500
     slug = "integrity-failure"

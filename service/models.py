@@ -106,6 +106,20 @@ class GateSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirmation:
+    """A remembered caller (service/access/remembered.py), for the warm read's one
+    statement to confirm: the token still live and the account exactly as remembered.
+    When it is, and the read is a warm re-read (care team, patient already released to
+    this account within the hour, nothing else in the way), the same statement also
+    appends and commits the read's `note.read granted` record."""
+
+    token_hash: bytes
+    principal: Principal
+    request_id: str | None
+    client_addr: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class NoteSnapshot:
     """A warm read's one statement: the note with its current version, the gate's
     snapshot for its patient, and the caller's principal and token as stored now (to
@@ -116,6 +130,7 @@ class NoteSnapshot:
     gate: GateSnapshot
     principal: Principal | None
     token_valid: bool  # the token asked about is live and this principal's
+    recorded: bool = False  # the statement appended and committed `note.read granted`
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from service.access.budget import BudgetPolicy, BudgetStatus, Release
 from service.access.caller import Caller
 from service.access.keycache import KeyCache, cache_key
 from service.access.unwrap import KeyUnwrapper
+from service.access.warmread import is_warm_reread
 from service.adapters.alerts import Alerter
 from service.audit.service import AuditLog
 from service.clock import HOUR, Clock
@@ -37,12 +38,14 @@ from service.errors import (
     AccountSuspended,
     BudgetExceeded,
     CallerChanged,
+    GateDisagreement,
     Gone,
     NotFound,
 )
 from service.metrics import Metrics
 from service.models import (
     BudgetUsage,
+    Confirmation,
     GateSnapshot,
     NoteRow,
     NoteVersionRow,
@@ -87,8 +90,6 @@ class KeyReleaseGate:
         self, principal: Principal, usage: BudgetUsage, now: datetime
     ) -> BudgetStatus:
         return self.policy.budget_status(principal, usage, now)
-
-    # -- limits ----------------------------------------------------------------------
 
     # -- shared checks ------------------------------------------------------------------
 
@@ -249,24 +250,38 @@ class KeyReleaseGate:
         version and the gate's snapshot come in one statement (a warm read's only
         read). None when the tenant has no such note (the caller denies it).
 
-        `confirm_token`: the caller was remembered, not authenticated by this request
-        (service/access/remembered.py). The same statement re-reads the principal and
-        that token; unless both are exactly as remembered, nothing is decided or
-        written and CallerChanged asks the request to authenticate afresh."""
+        `confirm_token`: the caller was remembered (service/access/remembered.py). The
+        statement re-reads principal and token; unless both are as remembered, nothing
+        is decided or written: CallerChanged. On a warm re-read it also recorded the
+        grant (service/access/warmread.py)."""
         now = self._clock.now()
         p = caller.principal
-        found = tx.ledger.note_gate_snapshot(
-            p.id, p.tenant_id, note_id, now, token_hash=confirm_token
-        )
-        if confirm_token is not None and not (found.token_valid and found.principal == p):
+        confirm = None
+        if confirm_token is not None:
+            confirm = Confirmation(confirm_token, p, caller.request_id, caller.client_addr)
+        found = tx.ledger.note_gate_snapshot(p.id, p.tenant_id, note_id, now, confirm=confirm)
+        if confirm is not None and not (found.token_valid and found.principal == p):
+            if found.recorded:
+                self._disagree(caller, "caller")
             raise CallerChanged()
         if found.note is None:
             return None
         note = found.note
         release = self.release(
-            tx, caller, note.patient_id, action=action, note_id=note.id, _seen=(now, found.gate)
+            tx,
+            caller,
+            note.patient_id,
+            action=action,
+            note_id=note.id,
+            _seen=(now, found.gate, found.recorded),
         )
         return note, found.version, release
+
+    def _disagree(self, caller: Caller, what: str) -> None:
+        p = caller.principal
+        log.error("the warm read's statement recorded a grant the gate refuses (%s)", what)
+        self._alerts.emit("gate-disagreement", tenant_id=p.tenant_id, principal_id=p.id)
+        raise GateDisagreement()
 
     def release(
         self,
@@ -276,10 +291,14 @@ class KeyReleaseGate:
         *,
         action: str,
         note_id: str | None = None,
-        _seen: tuple[datetime, GateSnapshot] | None = None,
+        _seen: tuple[datetime, GateSnapshot, bool] | None = None,
     ) -> Release:
-        """Release a patient's data key for reading, or raise (after auditing)."""
-        now, snapshot = _seen if _seen is not None else (self._clock.now(), None)
+        """Release a patient's data key for reading, or raise (after auditing). `_seen`:
+        time and snapshot already read, and whether the grant is recorded already."""
+        now, snapshot, recorded = _seen if _seen is not None else (self._clock.now(), None, False)
+        if recorded and not is_warm_reread(snapshot):
+            # Stop before the checks below could write a refusal beside the grant.
+            self._disagree(caller, "snapshot")
         patient, via, snap = self._access(
             tx, caller, patient_id, now, action=action, note_id=note_id, snapshot=snapshot
         )
@@ -298,15 +317,16 @@ class KeyReleaseGate:
             note_id=note_id,
             snapshot=snap,
         )
-        self._audit.record(
-            tx,
-            action=action,
-            outcome="granted",
-            caller=caller,
-            patient_id=patient.id,
-            note_id=note_id,
-            reason="break-glass" if via == "break-glass" else None,
-        )
+        if not recorded:
+            self._audit.record(
+                tx,
+                action=action,
+                outcome="granted",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note_id,
+                reason="break-glass" if via == "break-glass" else None,
+            )
         self._metrics.key_granted()
         return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
 

@@ -45,7 +45,7 @@ from service.http import (
     json_body,
     services,
 )
-from service.http.notes import rate_limit_headers
+from service.http.notes import rate_limit_headers, read_as_caller
 from service.notes.sealing import NoteContent
 from service.patients.service import normalize_external_id
 from service.problems import PROBLEM_JSON
@@ -255,9 +255,8 @@ def search_documents() -> Response:
 
 @bp.get("/DocumentReference/<uuid:note_id>")
 def read_document(note_id: UUID) -> Response:
-    c = caller()
     only_params()
-    view, budget = services().notes.read(c, str(note_id))
+    view, budget = read_as_caller(str(note_id))
     assert view.content is not None
     headers = {
         "ETag": version_etag(view.note.current_version),

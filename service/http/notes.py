@@ -108,19 +108,24 @@ def list_notes(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 200, rate_limit_headers(page.budget)
 
 
-@bp.get("/v1/notes/<uuid:note_id>")
-def read_note(note_id: UUID) -> tuple[Response, int, dict[str, str]]:
+def read_as_caller(note_id: str) -> tuple[NoteView, BudgetStatus]:
+    """A note read by this request's caller: the caller this worker remembers for the
+    token when there is one (confirmed, and a warm re-read recorded, by the read's own
+    statement: service/access/remembered.py), else the authenticated caller."""
     notes = services().notes
     remembered = remembered_caller()
     if remembered is not None and may(remembered[0].principal.role, Permission.NOTE_CONTENT):
         c, token_digest = remembered
         try:
-            view, budget = notes.read(c, str(note_id), confirm_token=token_digest)
+            return notes.read(c, note_id, confirm_token=token_digest)
         except CallerChanged:  # nothing was done: authenticate afresh, then read
             forget_caller(token_digest)
-            view, budget = notes.read(caller(), str(note_id))
-    else:
-        view, budget = notes.read(caller(), str(note_id))
+    return notes.read(caller(), note_id)
+
+
+@bp.get("/v1/notes/<uuid:note_id>")
+def read_note(note_id: UUID) -> tuple[Response, int, dict[str, str]]:
+    view, budget = read_as_caller(str(note_id))
     return jsonify(note_json(view)), 200, {"ETag": etag(view.note), **rate_limit_headers(budget)}
 
 

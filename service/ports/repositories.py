@@ -11,6 +11,7 @@ from service.models import (
     Approval,
     AuditEvent,
     BudgetUsage,
+    Confirmation,
     GateSnapshot,
     NoteRow,
     NoteSnapshot,
@@ -161,7 +162,7 @@ class LedgerRepository(Protocol):
         note_id: str,
         now: datetime,
         *,
-        token_hash: bytes | None = None,
+        confirm: Confirmation | None = None,
     ) -> NoteSnapshot: ...
 
     def lock_tenant_budget(self, tenant_id: str) -> None: ...

@@ -8,7 +8,9 @@ from datetime import datetime
 from service.clock import DAY, HOUR
 from service.errors import TenantCapReached
 from service.models import (
+    AuditEvent,
     BudgetUsage,
+    Confirmation,
     GateSnapshot,
     NoteSnapshot,
 )
@@ -85,10 +87,10 @@ class FakeLedger(_Repo):
         note_id: str,
         now: datetime,
         *,
-        token_hash: bytes | None = None,
+        confirm: Confirmation | None = None,
     ) -> NoteSnapshot:
         principal = self.s.principals.get(principal_id)
-        token = self.s.tokens.get(token_hash) if token_hash is not None else None
+        token = self.s.tokens.get(confirm.token_hash) if confirm is not None else None
         token_valid = (
             token is not None and token[0] == principal_id and token[2] is None and token[1] > now
         )
@@ -99,7 +101,39 @@ class FakeLedger(_Repo):
             return NoteSnapshot(None, None, gate, principal, token_valid)
         version = self.s.versions.get((note.id, note.current_version))
         gate = self.gate_snapshot(principal_id, tenant_id, note.patient_id, now)
-        return NoteSnapshot(note, version, gate, principal, token_valid)
+        # The database's own test of a warm re-read (the adapter's WARM_REREAD), written
+        # out again here rather than borrowed from the gate: the two must agree.
+        recorded = (
+            confirm is not None
+            and token_valid
+            and principal == confirm.principal
+            and principal is not None
+            and not principal.suspended
+            and version is not None
+            and gate.patient is not None
+            and not gate.patient.is_decoy
+            and gate.patient.shredded_at is None
+            and gate.on_care_team
+            and gate.usage.patient_in_hour
+        )
+        if recorded:
+            assert confirm is not None and principal is not None
+            record = AuditEvent(
+                action="note.read",
+                outcome="granted",
+                tenant_id=principal.tenant_id,
+                principal_id=principal.id,
+                role=principal.role.value,
+                patient_id=note.patient_id,
+                note_id=note.id,
+                request_id=confirm.request_id,
+                client_addr=confirm.client_addr,
+            )
+            # Committed by the statement itself (it runs outside a transaction).
+            self.s.audit.append(record)
+            if self.db.committed is not self.s:
+                self.db.committed.audit.append(record)
+        return NoteSnapshot(note, version, gate, principal, token_valid, recorded)
 
     def lock_tenant_budget(self, tenant_id: str) -> None:
         return None

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from service.access.authentication import hash_token
 from service.access.remembered import RememberedCallers, opaque_token_digest
-from service.errors import CallerChanged
-from service.models import Principal, Role
+from service.errors import CallerChanged, GateDisagreement
+from service.models import NoteSnapshot, Principal, Role
 from service.notes.sealing import NoteContent
 from tests.fakes import T0, World, _copy
+from tests.fakes.ledger import FakeLedger
 from tests.unit.test_use_cases_on_fakes import BUDGETS, notes_for
 
 TOKEN = "snt_" + "a" * 43
@@ -99,3 +101,21 @@ def test_the_memory_is_bounded_and_forgets_the_oldest_first():
     assert found is not None and found[0].principal == who[3] and found[0].request_id == "r"
     remembered.forget(hash_token(f"snt_{3:043d}"))
     assert remembered.caller(f"Bearer snt_{3:043d}", None, None) is None
+
+
+def test_a_grant_recorded_by_the_statement_that_the_gate_refuses_fails_closed(
+    w: World, monkeypatch: pytest.MonkeyPatch
+):
+    """A defect in the statement's warm re-read condition: the gate, on the same
+    snapshot, would charge a new patient. No content, nothing charged, an alert."""
+    note_id = _note(w)  # written, never read: not released this hour
+    recording = FakeLedger.note_gate_snapshot
+
+    def always_recorded(self: FakeLedger, *args: Any, **kwargs: Any) -> NoteSnapshot:
+        return replace(recording(self, *args, **kwargs), recorded=True)
+
+    monkeypatch.setattr(FakeLedger, "note_gate_snapshot", always_recorded)
+    with pytest.raises(GateDisagreement):
+        notes_for(w).read(w.caller(), note_id, confirm_token=hash_token(TOKEN))
+    assert w.db.committed.releases == []
+    assert any(a["alert"] == "gate-disagreement" for a in w.alerts.sent)

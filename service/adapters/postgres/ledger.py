@@ -11,27 +11,31 @@ import psycopg
 import psycopg.errors
 
 from service.adapters.postgres.base import (
-    _NO_USAGE,
     CLOCK_SKEW,
     DAY,
     HOUR,
     PRINCIPAL_USAGE_SQL,
     Repo,
-    _note,
-    _principal,
 )
+from service.adapters.postgres.snapshots import (
+    NOTE_SNAPSHOT_RECORDING_SQL,
+    NOTE_SNAPSHOT_SQL,
+    SNAPSHOT_COLUMNS,
+    SNAPSHOT_JOINS,
+    gate_snapshot_from_row,
+    note_snapshot_from_row,
+)
+from service.audit import chain as auditchain
 from service.errors import (
+    AuditUnavailable,
     Forbidden,
     TenantCapReached,
 )
 from service.models import (
     BudgetUsage,
+    Confirmation,
     GateSnapshot,
     NoteSnapshot,
-    NoteVersionRow,
-    Patient,
-    PatientKeyRow,
-    Principal,
 )
 
 log = logging.getLogger(__name__)
@@ -45,13 +49,13 @@ class LedgerRepository(Repo):
         the wrapped key: one round trip for the common (warm) read. The tenant-wide
         count is left out: it is only needed, under lock, for a new release."""
         row = self._read_one(
-            "SELECT " + _SNAPSHOT_COLUMNS + " FROM principals pr"
+            "SELECT " + SNAPSHOT_COLUMNS + " FROM principals pr"
             " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s"
-            + _SNAPSHOT_JOINS.format(patient="%(pt)s")
+            + SNAPSHOT_JOINS.format(patient="%(pt)s")
             + " WHERE pr.id = %(p)s",
             self._window(principal_id, tenant_id, now, pt=patient_id),
         )
-        return _snapshot(row)
+        return gate_snapshot_from_row(row)
 
     def note_gate_snapshot(
         self,
@@ -60,48 +64,46 @@ class LedgerRepository(Repo):
         note_id: str,
         now: datetime,
         *,
-        token_hash: bytes | None = None,
+        confirm: Confirmation | None = None,
     ) -> NoteSnapshot:
         """A note with its current version, the gate's snapshot for its patient and the
-        principal as stored (with whether `token_hash` is its live token), in one
-        statement: a warm read's only read. Always one row: the principal's columns
-        are null when there is no such principal, the note's when the tenant has no
-        such note."""
-        row = self._read_one(
-            "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
-            " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
-            " v.version AS v_version, v.sealed, v.author_id, v.created_at AS v_created_at,"
-            " pr.id IS NOT NULL AS principal_found, " + _PRINCIPAL_AS_PR + ","
-            " EXISTS (SELECT 1 FROM tokens tk WHERE tk.token_hash = %(token)s"
-            "   AND tk.principal_id = pr.id AND tk.revoked_at IS NULL"
-            "   AND tk.expires_at > %(now)s) AS token_valid, "
-            + _SNAPSHOT_COLUMNS
-            + " FROM (SELECT) one"
-            " LEFT JOIN principals pr ON pr.id = %(p)s"
-            " LEFT JOIN notes n ON n.tenant_id = %(t)s AND n.id = %(note)s"
-            " LEFT JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version"
-            " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = n.patient_id"
-            + _SNAPSHOT_JOINS.format(patient="n.patient_id"),
-            self._window(principal_id, tenant_id, now, note=note_id) | {"token": token_hash},
-        )
-        assert row is not None  # one row, whatever matched
-        principal = _principal_as_pr(row) if row["principal_found"] else None
-        gate = _snapshot(row if row["principal_found"] else None)
-        if row["id"] is None:
-            return NoteSnapshot(None, None, gate, principal, row["token_valid"])
-        note = _note(row)
-        version = (
-            NoteVersionRow(
-                note_id=note.id,
-                version=row["v_version"],
-                sealed=bytes(row["sealed"]),
-                author_id=str(row["author_id"]),
-                created_at=row["v_created_at"],
-            )
-            if row["v_version"] is not None
-            else None
-        )
-        return NoteSnapshot(note, version, gate, principal, row["token_valid"])
+        principal as stored, in one statement: a warm read's only read. Always one row:
+        the principal's columns are null when there is no such principal, the note's
+        when the tenant has no such note.
+
+        With `confirm` (a remembered caller), the statement also says whether its token
+        is live, and, when the account is exactly as remembered and the read is a warm
+        re-read (WARM_REREAD), appends the read's `note.read granted` record through
+        sealednotes_audit_append: one round trip for the whole read, the record
+        committed with the statement (it runs outside a transaction) before any content
+        is decrypted. The gate then checks the same snapshot (release_note)."""
+        params = self._window(principal_id, tenant_id, now, note=note_id)
+        if confirm is None:
+            row = self._read_one(NOTE_SNAPSHOT_SQL, params | {"token": None})
+            assert row is not None  # one row, whatever matched
+            return note_snapshot_from_row(row, recorded=False)
+        p = confirm.principal
+        params |= {
+            "token": confirm.token_hash,
+            "shard": self.conn.info.backend_pid % auditchain.SHARDS,
+            "request_id": confirm.request_id,
+            "client_addr": confirm.client_addr,
+            "c_name": p.name,
+            "c_role": p.role.value,
+            "c_per_hour": p.release_per_hour,
+            "c_per_day": p.release_per_day,
+            "c_reason": p.suspended_reason,
+            "c_unlocked": p.last_unlocked_at,
+        }
+        try:
+            row = self._read_one(NOTE_SNAPSHOT_RECORDING_SQL, params)
+        except psycopg.OperationalError:
+            raise  # the database is unreachable or timed out: the store answers 503
+        except psycopg.Error as e:  # the append refused (or failed): fail closed
+            log.error("audit write failed: %s", type(e).__name__)
+            raise AuditUnavailable() from e
+        assert row is not None
+        return note_snapshot_from_row(row, recorded=row["recorded_seq"] is not None)
 
     @staticmethod
     def _window(principal_id: str, tenant_id: str, now: datetime, **extra: str) -> dict[str, Any]:
@@ -270,87 +272,3 @@ class LedgerRepository(Repo):
         except psycopg.errors.InsufficientPrivilege as e:
             raise Forbidden("This database role may not prune: use the maintenance role") from e
         return {r["ledger"]: int(r["deleted"]) for r in rows}
-
-
-# The gate's snapshot: the principal's suspension, the patient, care team and
-# break-glass, the wrapped key and the principal's usage (service/access/gate.py).
-# The principal's columns under their own names (the note's share id, tenant_id, ...).
-_PRINCIPAL_AS_PR = (
-    "pr.id AS pr_id, pr.tenant_id AS pr_tenant_id, pr.name AS pr_name, pr.role AS pr_role,"
-    " pr.release_per_hour AS pr_release_per_hour, pr.release_per_day AS pr_release_per_day,"
-    " pr.suspended_reason AS pr_suspended_reason, pr.denials_since AS pr_denials_since"
-)
-
-
-def _principal_as_pr(row: dict[str, Any]) -> Principal:
-    return _principal(
-        {
-            "id": row["pr_id"],
-            "tenant_id": row["pr_tenant_id"],
-            "name": row["pr_name"],
-            "role": row["pr_role"],
-            "suspended_at": row["suspended_at"],
-            "release_per_hour": row["pr_release_per_hour"],
-            "release_per_day": row["pr_release_per_day"],
-            "suspended_reason": row["pr_suspended_reason"],
-            "denials_since": row["pr_denials_since"],
-        }
-    )
-
-
-_SNAPSHOT_COLUMNS = (
-    "pr.suspended_at,"
-    " pt.id AS pt_id, pt.tenant_id AS pt_tenant, pt.is_decoy, pt.shredded_at,"
-    " pt.created_at AS pt_created, ca.care, gl.glass,"
-    " k.wrapped_key, k.key_version,"
-    " u.hour, u.day, u.patient_in_hour, u.patient_in_day, u.hour_oldest, u.day_oldest"
-)
-_SNAPSHOT_JOINS = (
-    " LEFT JOIN patient_keys k ON k.patient_id = pt.id"
-    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM care_team c"
-    "   WHERE c.patient_id = {patient} AND c.principal_id = %(p)s"
-    "   AND (c.until IS NULL OR c.until > %(now)s)) AS care) ca"
-    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM break_glass b"
-    "   WHERE b.patient_id = {patient} AND b.principal_id = %(p)s"
-    "   AND b.opened_at <= %(now)s AND b.expires_at > %(now)s) AS glass) gl"
-    " CROSS JOIN LATERAL (" + PRINCIPAL_USAGE_SQL.replace("%(pt)s", "{patient}") + ") u"
-)
-
-
-def _snapshot(row: dict[str, Any] | None) -> GateSnapshot:
-    if row is None:
-        return GateSnapshot(False, True, None, False, False, _NO_USAGE, None)
-    patient = (
-        Patient(
-            id=str(row["pt_id"]),
-            tenant_id=str(row["pt_tenant"]),
-            is_decoy=row["is_decoy"],
-            shredded_at=row["shredded_at"],
-            created_at=row["pt_created"],
-        )
-        if row["pt_id"] is not None
-        else None
-    )
-    key = (
-        PatientKeyRow(str(row["pt_id"]), row["wrapped_key"], row["key_version"])
-        if row["wrapped_key"] is not None
-        else None
-    )
-    return GateSnapshot(
-        principal_found=True,
-        suspended=row["suspended_at"] is not None,
-        patient=patient,
-        on_care_team=bool(row["care"]) and patient is not None,
-        break_glass=bool(row["glass"]) and patient is not None,
-        usage=BudgetUsage(
-            hour=row["hour"],
-            day=row["day"],
-            tenant_hour=0,
-            patient_in_hour=row["patient_in_hour"],
-            patient_in_day=row["patient_in_day"],
-            hour_oldest=row["hour_oldest"],
-            day_oldest=row["day_oldest"],
-            tenant_oldest=None,
-        ),
-        key=key,
-    )

@@ -1,0 +1,164 @@
+"""The gate's snapshots: the columns and joins of the one statement a release decision
+reads (suspension, patient, care team, break-glass, budget usage, wrapped key), and the
+warm read's statement, which adds the note, the principal and its token and, on a warm
+re-read, records the grant (LedgerRepository.note_gate_snapshot)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.adapters.postgres.base import _NO_USAGE, PRINCIPAL_USAGE_SQL, _note, _principal
+from service.models import (
+    BudgetUsage,
+    GateSnapshot,
+    NoteSnapshot,
+    NoteVersionRow,
+    Patient,
+    PatientKeyRow,
+    Principal,
+)
+
+# The principal's columns under their own names (the note's share id, tenant_id, ...).
+PRINCIPAL_AS_PR = (
+    "pr.id AS pr_id, pr.tenant_id AS pr_tenant_id, pr.name AS pr_name, pr.role AS pr_role,"
+    " pr.release_per_hour AS pr_release_per_hour, pr.release_per_day AS pr_release_per_day,"
+    " pr.suspended_reason AS pr_suspended_reason, pr.denials_since AS pr_denials_since"
+)
+
+
+def principal_from_pr_row(row: dict[str, Any]) -> Principal:
+    return _principal(
+        {
+            "id": row["pr_id"],
+            "tenant_id": row["pr_tenant_id"],
+            "name": row["pr_name"],
+            "role": row["pr_role"],
+            "suspended_at": row["suspended_at"],
+            "release_per_hour": row["pr_release_per_hour"],
+            "release_per_day": row["pr_release_per_day"],
+            "suspended_reason": row["pr_suspended_reason"],
+            "denials_since": row["pr_denials_since"],
+        }
+    )
+
+
+# The gate's snapshot: the principal's suspension, the patient, care team and
+# break-glass, the wrapped key and the principal's usage (service/access/gate.py).
+SNAPSHOT_COLUMNS = (
+    "pr.suspended_at,"
+    " pt.id AS pt_id, pt.tenant_id AS pt_tenant, pt.is_decoy, pt.shredded_at,"
+    " pt.created_at AS pt_created, ca.care, gl.glass,"
+    " k.wrapped_key, k.key_version,"
+    " u.hour, u.day, u.patient_in_hour, u.patient_in_day, u.hour_oldest, u.day_oldest"
+)
+SNAPSHOT_JOINS = (
+    " LEFT JOIN patient_keys k ON k.patient_id = pt.id"
+    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM care_team c"
+    "   WHERE c.patient_id = {patient} AND c.principal_id = %(p)s"
+    "   AND (c.until IS NULL OR c.until > %(now)s)) AS care) ca"
+    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM break_glass b"
+    "   WHERE b.patient_id = {patient} AND b.principal_id = %(p)s"
+    "   AND b.opened_at <= %(now)s AND b.expires_at > %(now)s) AS glass) gl"
+    " CROSS JOIN LATERAL (" + PRINCIPAL_USAGE_SQL.replace("%(pt)s", "{patient}") + ") u"
+)
+
+
+def gate_snapshot_from_row(row: dict[str, Any] | None) -> GateSnapshot:
+    if row is None:
+        return GateSnapshot(False, True, None, False, False, _NO_USAGE, None)
+    patient = (
+        Patient(
+            id=str(row["pt_id"]),
+            tenant_id=str(row["pt_tenant"]),
+            is_decoy=row["is_decoy"],
+            shredded_at=row["shredded_at"],
+            created_at=row["pt_created"],
+        )
+        if row["pt_id"] is not None
+        else None
+    )
+    key = (
+        PatientKeyRow(str(row["pt_id"]), row["wrapped_key"], row["key_version"])
+        if row["wrapped_key"] is not None
+        else None
+    )
+    return GateSnapshot(
+        principal_found=True,
+        suspended=row["suspended_at"] is not None,
+        patient=patient,
+        on_care_team=bool(row["care"]) and patient is not None,
+        break_glass=bool(row["glass"]) and patient is not None,
+        usage=BudgetUsage(
+            hour=row["hour"],
+            day=row["day"],
+            tenant_hour=0,
+            patient_in_hour=row["patient_in_hour"],
+            patient_in_day=row["patient_in_day"],
+            hour_oldest=row["hour_oldest"],
+            day_oldest=row["day_oldest"],
+            tenant_oldest=None,
+        ),
+        key=key,
+    )
+
+
+NOTE_SNAPSHOT_SQL = (
+    "SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,"
+    " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
+    " v.version AS v_version, v.sealed, v.author_id, v.created_at AS v_created_at,"
+    " pr.id IS NOT NULL AS principal_found, " + PRINCIPAL_AS_PR + ","
+    " EXISTS (SELECT 1 FROM tokens tk WHERE tk.token_hash = %(token)s"
+    "   AND tk.principal_id = pr.id AND tk.revoked_at IS NULL"
+    "   AND tk.expires_at > %(now)s) AS token_valid, " + SNAPSHOT_COLUMNS + " FROM (SELECT) one"
+    " LEFT JOIN principals pr ON pr.id = %(p)s"
+    " LEFT JOIN notes n ON n.tenant_id = %(t)s AND n.id = %(note)s"
+    " LEFT JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version"
+    " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = n.patient_id"
+    + SNAPSHOT_JOINS.format(patient="n.patient_id")
+)
+
+# A warm re-read, decided on the snapshot exactly as the gate decides it (and the gate
+# checks the same snapshot afterwards, failing closed if it would not grant): the
+# remembered account, unchanged and not suspended, with a live token; the tenant's
+# note with its current version; its patient, not a decoy, not shredded; on the care
+# team (break-glass reads take the usual path); already released to this account
+# within the hour, so the budget charges nothing.
+WARM_REREAD = (
+    "s.token_valid AND s.pr_id = %(p)s AND s.pr_tenant_id = %(t)s"
+    " AND s.pr_name = %(c_name)s AND s.pr_role = %(c_role)s AND s.suspended_at IS NULL"
+    " AND s.pr_release_per_hour IS NOT DISTINCT FROM %(c_per_hour)s::integer"
+    " AND s.pr_release_per_day IS NOT DISTINCT FROM %(c_per_day)s::integer"
+    " AND s.pr_suspended_reason IS NOT DISTINCT FROM %(c_reason)s::text"
+    " AND s.pr_denials_since IS NOT DISTINCT FROM %(c_unlocked)s::timestamptz"
+    " AND s.id IS NOT NULL AND s.v_version IS NOT NULL"
+    " AND s.pt_id IS NOT NULL AND NOT s.is_decoy AND s.shredded_at IS NULL"
+    " AND s.care AND s.patient_in_hour"
+)
+NOTE_SNAPSHOT_RECORDING_SQL = (
+    "WITH s AS MATERIALIZED (" + NOTE_SNAPSHOT_SQL + "),"
+    " a AS (SELECT sealednotes_audit_append(%(shard)s, s.pr_tenant_id, s.pr_id, s.pr_role,"
+    "   s.pt_id, s.id, 'note.read', 'granted', NULL, %(request_id)s, %(client_addr)s) AS seq"
+    "   FROM s WHERE " + WARM_REREAD + ")"
+    " SELECT s.*, (SELECT seq FROM a) AS recorded_seq FROM s"
+)
+
+
+def note_snapshot_from_row(row: dict[str, Any], *, recorded: bool) -> NoteSnapshot:
+    principal = principal_from_pr_row(row) if row["principal_found"] else None
+    gate = gate_snapshot_from_row(row if row["principal_found"] else None)
+    token_valid = bool(row["token_valid"])
+    if row["id"] is None:
+        return NoteSnapshot(None, None, gate, principal, token_valid, recorded)
+    note = _note(row)
+    version = (
+        NoteVersionRow(
+            note_id=note.id,
+            version=row["v_version"],
+            sealed=bytes(row["sealed"]),
+            author_id=str(row["author_id"]),
+            created_at=row["v_created_at"],
+        )
+        if row["v_version"] is not None
+        else None
+    )
+    return NoteSnapshot(note, version, gate, principal, token_valid, recorded)
