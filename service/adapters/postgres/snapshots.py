@@ -135,11 +135,10 @@ WARM_REREAD = (
     " AND s.care AND s.patient_in_hour"
 )
 NOTE_SNAPSHOT_RECORDING_SQL = (
-    "WITH s AS MATERIALIZED (" + NOTE_SNAPSHOT_SQL + "),"
-    " a AS (SELECT sealednotes_audit_append(%(shard)s, s.pr_tenant_id, s.pr_id, s.pr_role,"
-    "   s.pt_id, s.id, 'note.read', 'granted', NULL, %(request_id)s, %(client_addr)s) AS seq"
-    "   FROM s WHERE " + WARM_REREAD + ")"
-    " SELECT s.*, (SELECT seq FROM a) AS recorded_seq FROM s"
+    "SELECT s.*, CASE WHEN " + WARM_REREAD + " THEN sealednotes_audit_append(%(shard)s,"
+    " s.pr_tenant_id, s.pr_id, s.pr_role, s.pt_id, s.id, 'note.read', 'granted', NULL,"
+    " %(request_id)s, %(client_addr)s) END AS recorded_seq"
+    " FROM (" + NOTE_SNAPSHOT_SQL + ") s"
 )
 
 
