@@ -31,7 +31,23 @@ _PATTERNS = [
 ]
 
 
+# Where any pattern above could match (a superset, checked by a unit test): most lines
+# hold none, and these substring checks and one anchored search cost well under a
+# microsecond, where the five substitutions cost ten on every line.
+_TOKEN_AFTER_DOT = re.compile(r"\.[A-Za-z0-9_\-]{20}")  # Vault tokens: `hvs.` + 20 or more
+_KEYWORDS = ("authorization", "x-vault-token", "secret_id", "password")
+
+
+def _may_hold_secret(text: str) -> bool:
+    if "snt_" in text or "vault:v" in text or _TOKEN_AFTER_DOT.search(text):
+        return True
+    lowered = text.lower()
+    return any(k in lowered for k in _KEYWORDS)
+
+
 def redact(text: str) -> str:
+    if not _may_hold_secret(text):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -99,3 +99,35 @@ def test_access_line_names_the_request_but_never_its_query_string() -> None:
     }
     logger.access(response, None, environ, timedelta(milliseconds=12))
     assert lines == ['10.0.0.7 "GET /v1/patients" 200 512 12ms rid=rid-1']
+
+
+def test_the_quick_check_never_skips_a_line_a_pattern_would_change() -> None:
+    """`redact` skips lines its one quick search finds nothing in: that search must
+    match wherever any of the patterns would."""
+    import random
+
+    from service.logs import _PATTERNS
+
+    pieces = [
+        "snt_AbCdEf0123456789",
+        "hvs.CAESIJ0123456789abcdefghij",
+        "s.0123456789abcdefghijKLMN",
+        "r.0123456789abcdefghijKLMN",
+        "vault:v12:QUJDREVGR0hJ",
+        "Authorization: Bearer x",
+        "X-VAULT-TOKEN=abc",
+        "SECRET_ID=1234",
+        "Password=hunter2",
+        "plain words",
+        "/v1/notes/0c6e3f1a-1b2c-4d5e-8f90-123456789abc",
+        " ",
+        "=",
+        ".",
+    ]
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+        full = text
+        for pattern, replacement in _PATTERNS:
+            full = pattern.sub(replacement, full)
+        assert redact(text) == full, text
