@@ -134,11 +134,13 @@ WARM_REREAD = (
     " AND s.pt_id IS NOT NULL AND NOT s.is_decoy AND s.shredded_at IS NULL"
     " AND s.care AND s.patient_in_hour"
 )
+# OFFSET 0 keeps the snapshot a subquery evaluated once: pulled up, the condition would
+# evaluate the token, care-team and break-glass subqueries a second time.
 NOTE_SNAPSHOT_RECORDING_SQL = (
     "SELECT s.*, CASE WHEN " + WARM_REREAD + " THEN sealednotes_audit_append(%(shard)s,"
     " s.pr_tenant_id, s.pr_id, s.pr_role, s.pt_id, s.id, 'note.read', 'granted', NULL,"
     " %(request_id)s, %(client_addr)s) END AS recorded_seq"
-    " FROM (" + NOTE_SNAPSHOT_SQL + ") s"
+    " FROM (" + NOTE_SNAPSHOT_SQL + " OFFSET 0) s"
 )
 
 
