@@ -315,7 +315,7 @@ def parse_document_reference(data: Any) -> DocumentWrite:
         raise ValidationFailed(errors)
     try:
         loaded = load(
-            NoteWrite(),
+            NoteWrite,
             {"kind": kind, "title": title, "body": body, "encounter_at": start},
         )
     except ValidationFailed as e:

@@ -64,7 +64,7 @@ def unlock(principal_id: UUID) -> Response | tuple[Response, int, dict[str, str]
 @bp.put("/v1/admin/principals/<uuid:principal_id>/budget")
 def set_budget(principal_id: UUID) -> Response | tuple[Response, int, dict[str, str]]:
     c = caller()
-    data = load(BudgetPut(), json_body())
+    data = load(BudgetPut, json_body())
     result = services().principals.set_budget(
         c, str(principal_id), data["per_hour"], data["per_day"]
     )
@@ -76,7 +76,7 @@ def set_budget(principal_id: UUID) -> Response | tuple[Response, int, dict[str, 
 @bp.post("/v1/admin/patients/<uuid:patient_id>/shred")
 def shred(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
     c = caller()
-    data = load(ShredRequest(), json_body())
+    data = load(ShredRequest, json_body())
     result = services().keyops.shred(str(patient_id), data["reason"], c)
     assert isinstance(result, Pending)  # an admin's shred always waits for a second admin
     return pending_response(result)
@@ -91,7 +91,7 @@ def cancel_shred(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
 @bp.put("/v1/admin/patients/<uuid:patient_id>/decoy")
 def set_decoy(patient_id: UUID) -> Response | tuple[Response, int, dict[str, str]]:
     c = caller()
-    data = load(DecoyPut(), json_body())
+    data = load(DecoyPut, json_body())
     result = services().patients.set_decoy(c, str(patient_id), data["decoy"])
     if isinstance(result, Pending):
         return pending_response(result)

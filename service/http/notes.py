@@ -75,7 +75,7 @@ def create_note(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not IDEMPOTENCY_KEY_RE.match(idempotency_key):
         raise BadRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
-    data = load(NoteWrite(), json_body())
+    data = load(NoteWrite, json_body())
     note, replayed = services().notes.create(
         c,
         str(patient_id),
@@ -138,7 +138,7 @@ def amend_note(note_id: UUID) -> tuple[Response, int, dict[str, str]]:
     m = ETAG_RE.match(if_match.strip())
     if not m:
         raise BadRequest('If-Match must be the note\'s ETag, e.g. "3"')
-    data = load(NoteWrite(), json_body())
+    data = load(NoteWrite, json_body())
     note = services().notes.amend(
         c,
         str(note_id),

@@ -29,7 +29,7 @@ def patient_json(p: Patient) -> dict[str, object]:
 @bp.post("/v1/patients")
 def create_patient() -> tuple[Response, int, dict[str, str]]:
     c = caller()
-    data = load(PatientCreate(), json_body())
+    data = load(PatientCreate, json_body())
     patient = services().patients.create(c, data["external_id"])
     return jsonify(patient_json(patient)), 201, {"Location": f"/v1/patients/{patient.id}"}
 
@@ -61,7 +61,7 @@ def put_care_team(
     patient_id: UUID, principal_id: UUID
 ) -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
     c = caller()
-    data = load(CareTeamPut(), json_body()) if request.content_length else {"until": None}
+    data = load(CareTeamPut, json_body()) if request.content_length else {"until": None}
     created = services().patients.set_care_team(
         c, str(patient_id), str(principal_id), data["until"]
     )
@@ -85,7 +85,7 @@ def delete_care_team(patient_id: UUID, principal_id: UUID) -> tuple[str, int]:
 @bp.post("/v1/patients/<uuid:patient_id>/break-glass")
 def break_glass(patient_id: UUID) -> tuple[Response, int]:
     c = caller()
-    data = load(BreakGlassCreate(), json_body())
+    data = load(BreakGlassCreate, json_body())
     bg = services().patients.break_glass(c, str(patient_id), data["reason"])
     return jsonify(
         {
