@@ -39,6 +39,8 @@ _KEYWORDS = ("authorization", "x-vault-token", "secret_id", "password")
 
 
 def _may_hold_secret(text: str) -> bool:
+    if not text.isascii():  # the patterns' case folding knows more than str.lower()
+        return True
     if "snt_" in text or "vault:v" in text or _TOKEN_AFTER_DOT.search(text):
         return True
     lowered = text.lower()

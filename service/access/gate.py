@@ -246,9 +246,8 @@ class KeyReleaseGate:
         action: str,
         confirm_token: bytes | None = None,
     ) -> tuple[NoteRow, NoteVersionRow | None, Release] | None:
-        """Release the key of a note's patient for reading it: the note, its current
-        version and the gate's snapshot come in one statement (a warm read's only
-        read). None when the tenant has no such note (the caller denies it).
+        """Release the key of a note's patient for reading it: note, current version and
+        gate snapshot in one statement. None: the tenant has no such note.
 
         `confirm_token`: the caller was remembered (service/access/remembered.py). The
         statement re-reads principal and token; unless both are as remembered, nothing
@@ -316,6 +315,7 @@ class KeyReleaseGate:
             action=action,
             note_id=note_id,
             snapshot=snap,
+            granted_already=recorded,
         )
         if not recorded:
             self._audit.record(

@@ -13,7 +13,7 @@ from service.access.caller import Caller
 from service.access.keycache import KeyCache, cache_key
 from service.adapters.alerts import Alerter
 from service.audit.service import AuditLog
-from service.errors import IntegrityFailure, KeyServiceThrottled
+from service.errors import IntegrityFailure, KeyServiceThrottled, ServiceError
 from service.metrics import Metrics
 from service.models import GateSnapshot, Patient
 from service.ports import UnitOfWork
@@ -49,6 +49,50 @@ class KeyUnwrapper:
         note_id: str | None,
         for_write: bool = False,
         snapshot: GateSnapshot | None = None,
+        granted_already: bool = False,
+    ) -> bytes | None:
+        """The patient's data key (None: it has none yet). `granted_already`: the read's
+        grant is on record before the unwrap (a warm re-read, service/access/warmread.py),
+        so a failure here is recorded too: the log never shows a grant alone for a read
+        that returned nothing."""
+        try:
+            return self._unwrap(
+                tx,
+                caller,
+                patient,
+                now,
+                action=action,
+                cause=cause,
+                note_id=note_id,
+                for_write=for_write,
+                snapshot=snapshot,
+            )
+        except ServiceError as e:
+            if granted_already and not isinstance(e, KeyServiceThrottled):  # that one records
+                self._audit.record(
+                    tx,
+                    action=action,
+                    outcome="unavailable",
+                    caller=caller,
+                    patient_id=patient.id,
+                    note_id=note_id,
+                    reason=e.slug,
+                )
+                tx.commit()
+            raise
+
+    def _unwrap(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        now: datetime,
+        *,
+        cause: str,
+        action: str,
+        note_id: str | None,
+        for_write: bool,
+        snapshot: GateSnapshot | None,
     ) -> bytes | None:
         row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
         if row is None:

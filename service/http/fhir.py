@@ -255,8 +255,7 @@ def search_documents() -> Response:
 
 @bp.get("/DocumentReference/<uuid:note_id>")
 def read_document(note_id: UUID) -> Response:
-    only_params()
-    view, budget = read_as_caller(str(note_id))
+    view, budget = read_as_caller(str(note_id), only_params)
     assert view.content is not None
     headers = {
         "ETag": version_etag(view.note.current_version),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -108,19 +109,29 @@ def list_notes(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 200, rate_limit_headers(page.budget)
 
 
-def read_as_caller(note_id: str) -> tuple[NoteView, BudgetStatus]:
+def read_as_caller(
+    note_id: str, check_request: Callable[[], None] | None = None
+) -> tuple[NoteView, BudgetStatus]:
     """A note read by this request's caller: the caller this worker remembers for the
     token when there is one (confirmed, and a warm re-read recorded, by the read's own
-    statement: service/access/remembered.py), else the authenticated caller."""
+    statement: service/access/remembered.py), else the authenticated caller.
+    `check_request` validates the rest of the request once the caller is known (an
+    unknown token is refused 401 first) and before anything is read."""
     notes = services().notes
     remembered = remembered_caller()
     if remembered is not None and may(remembered[0].principal.role, Permission.NOTE_CONTENT):
+        if check_request is not None:
+            check_request()
         c, token_digest = remembered
         try:
             return notes.read(c, note_id, confirm_token=token_digest)
         except CallerChanged:  # nothing was done: authenticate afresh, then read
             forget_caller(token_digest)
-    return notes.read(caller(), note_id)
+        return notes.read(caller(), note_id)
+    authenticated = caller()
+    if check_request is not None:
+        check_request()
+    return notes.read(authenticated, note_id)
 
 
 @bp.get("/v1/notes/<uuid:note_id>")

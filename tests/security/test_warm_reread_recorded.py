@@ -14,6 +14,7 @@ from flask import Flask
 
 from service.access.authentication import hash_token
 from service.access.caller import Caller
+from service.errors import KeyServiceThrottled, KeyServiceUnavailable
 from service.models import Confirmation
 from tests.helpers import Api, StackHelper, seed_patients
 
@@ -131,6 +132,12 @@ def test_the_statement_records_only_a_warm_reread_of_the_remembered_account(
         return found.recorded
 
     fresh = Confirmation(digest, principal, caller.request_id, caller.client_addr)
+    with svc.store.transaction() as tx:  # inside a transaction: confirmed, never recorded
+        tx.ledger.lock_tenant_budget(principal.tenant_id)
+        found = tx.ledger.note_gate_snapshot(
+            principal.id, principal.tenant_id, warm["note"], svc.clock.now(), confirm=fresh
+        )
+    assert found.token_valid and found.principal == principal and not found.recorded
     assert recorded(fresh)
     assert not recorded(fresh, warm["unread"])  # not released this hour
     stale = Confirmation(
@@ -168,3 +175,38 @@ def test_an_account_changed_elsewhere_rereads_through_the_gate_once(
         conn.execute(f"UPDATE principals SET {change} WHERE id = %s", (warm["dr"].id,))
     assert _read(api, warm, "changed") == 200
     assert _records(db_url, "changed") == [("note.read", "granted", None)]
+
+
+@pytest.mark.parametrize("failure", [KeyServiceThrottled, KeyServiceUnavailable])
+def test_a_key_service_failure_after_a_recorded_grant_is_recorded_too(
+    app: Flask,
+    api: Api,
+    warm: dict[str, Any],
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: type[Exception],
+):
+    """The statement records the grant before the key is unwrapped; when the key has
+    left the worker's cache (60 s) and Vault then fails, the log must not show the grant
+    alone: an `unavailable` record of the same request says nothing was returned."""
+    svc = app.extensions["sealednotes"]
+    svc.cache.clear()
+
+    def refuse(*_args: Any, **_kwargs: Any) -> bytes:
+        raise failure()
+
+    monkeypatch.setattr(svc.keys, "unwrap", refuse)
+    r = api.get(f"/v1/notes/{warm['note']}", warm["dr"].token, headers={"X-Request-Id": "vault"})
+    assert r.status_code == 503 and "body" not in r.get_json()
+    records = _records(db_url, "vault")
+    assert records[0] == ("note.read", "granted", None)
+    assert [x[1] for x in records[1:]] == ["unavailable"]
+
+
+def test_fhir_read_refuses_an_unknown_token_before_its_parameters(api: Api):
+    """An unauthenticated caller learns nothing about the request's other checks."""
+    r = api.get(
+        "/fhir/R4/DocumentReference/00000000-0000-4000-8000-000000000001?foo=1",
+        headers={"Authorization": "Bearer snt_" + "c" * 43},
+    )
+    assert r.status_code == 401

@@ -118,6 +118,8 @@ def test_the_quick_check_never_skips_a_line_a_pattern_would_change() -> None:
         "X-VAULT-TOKEN=abc",
         "SECRET_ID=1234",
         "Password=hunter2",
+        "pa\u017f\u017fword=abc",  # long s: (?i)password matches it, str.lower() does not
+        "AUTHOR\u0130ZATION: x",
         "plain words",
         "/v1/notes/0c6e3f1a-1b2c-4d5e-8f90-123456789abc",
         " ",

@@ -16,6 +16,7 @@ from service.adapters.postgres.base import (
     HOUR,
     PRINCIPAL_USAGE_SQL,
     Repo,
+    outside_transaction,
 )
 from service.adapters.postgres.snapshots import (
     NOTE_SNAPSHOT_RECORDING_SQL,
@@ -78,8 +79,11 @@ class LedgerRepository(Repo):
         committed with the statement (it runs outside a transaction) before any content
         is decrypted. The gate then checks the same snapshot (release_note)."""
         params = self._window(principal_id, tenant_id, now, note=note_id)
-        if confirm is None:
-            row = self._read_one(NOTE_SNAPSHOT_SQL, params | {"token": None})
+        if confirm is None or not outside_transaction(self.conn):
+            # Inside a transaction the record would commit only with it (and vanish
+            # with a rollback): confirm the caller, and leave the record to the gate.
+            token = confirm.token_hash if confirm is not None else None
+            row = self._read_one(NOTE_SNAPSHOT_SQL, params | {"token": token})
             assert row is not None  # one row, whatever matched
             return note_snapshot_from_row(row, recorded=False)
         p = confirm.principal
