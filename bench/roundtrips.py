@@ -238,6 +238,16 @@ def trace_round_trips(
                 auth(), note.patient_id, kind="progress", content=content, encounter_at=None
             )
 
+        def create_remembered() -> object:
+            return svc.notes.create(
+                caller,
+                note.patient_id,
+                kind="progress",
+                content=content,
+                encounter_at=None,
+                confirm_token=digest,
+            )
+
         try:
             with open(trace_path, "w+b") as sink:
                 conn = pool.getconn()
@@ -249,6 +259,7 @@ def trace_round_trips(
                     ("warm read (authenticate + NotesService.read)", read),
                     ("warm read, remembered caller (the API's path)", read_remembered),
                     ("create (authenticate + NotesService.create)", create),
+                    ("create, remembered caller (the API's path)", create_remembered),
                 ):
                     traces.append(_trace_operation(name, fn, sink, parser, iterations, warmup=8))
                 conn = pool.getconn()

@@ -103,6 +103,10 @@ class GateSnapshot:
     break_glass: bool
     usage: BudgetUsage
     key: PatientKeyRow | None
+    # Asked with a token (a remembered caller): the principal as stored, and whether
+    # the token is its live one.
+    principal: Principal | None = None
+    token_valid: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,13 @@ from crypto import key_context
 from crypto.keywrap import KeyWrapper
 from service.access.budget import BudgetPolicy, BudgetStatus, Release
 from service.access.caller import Caller
+from service.access.incidents import TenantIncidents
 from service.access.keycache import KeyCache, cache_key
 from service.access.unwrap import KeyUnwrapper
 from service.access.warmread import is_warm_reread
 from service.adapters.alerts import Alerter
 from service.audit.service import AuditLog
-from service.clock import HOUR, Clock
+from service.clock import Clock
 from service.config import Budgets
 from service.errors import (
     AccountSuspended,
@@ -55,7 +56,6 @@ from service.models import (
 from service.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
-TENANT_INCIDENT_EVERY = timedelta(minutes=10)
 
 
 class KeyReleaseGate:
@@ -77,7 +77,7 @@ class KeyReleaseGate:
         self._metrics = metrics
         self._budgets = budgets
         self._clock = clock
-        self._incidents: dict[str, datetime] = {}
+        self._incidents = TenantIncidents(alerts)
         self.policy = BudgetPolicy(budgets)
         self._unwrapper = KeyUnwrapper(
             keys=keys, cache=cache, audit=audit, alerts=alerts, metrics=metrics
@@ -124,10 +124,16 @@ class KeyReleaseGate:
         action: str,
         note_id: str | None,
         snapshot: GateSnapshot | None = None,
+        confirm_token: bytes | None = None,
     ) -> tuple[Patient, str, GateSnapshot]:
-        """Identity, suspension, object access and the decoy trap (one read)."""
+        """Identity (a remembered caller's token and account confirmed by the same read:
+        CallerChanged before anything is written), suspension, access, decoy trap."""
         p = caller.principal
-        snap = snapshot or tx.ledger.gate_snapshot(p.id, p.tenant_id, patient_id, now)
+        snap = snapshot or tx.ledger.gate_snapshot(
+            p.id, p.tenant_id, patient_id, now, token_hash=confirm_token
+        )
+        if confirm_token is not None and not (snap.token_valid and snap.principal == p):
+            raise CallerChanged()
         if not snap.principal_found or snap.suspended:
             raise AccountSuspended()
         patient, care, glass = snap.patient, snap.on_care_team, snap.break_glass
@@ -203,27 +209,13 @@ class KeyReleaseGate:
         if scope == "tenant-hour":
             # Someone else's exhaustion of the tenant cap is not this caller's fault: it
             # never counts towards the caller's suspension. It is a tenant incident.
-            self._tenant_incident(tx, p.tenant_id, now)
+            self._incidents.report(tx, p.tenant_id, now)
             self._deny_and_commit(tx, exc)
         if self.count_denial(tx, caller, now, scope=scope, cause="repeated-budget-denials") == 1:
             self._alerts.emit(
                 "budget-exhausted", scope=scope, tenant_id=p.tenant_id, principal_id=p.id
             )
         self._deny_and_commit(tx, exc)
-
-    def _tenant_incident(self, tx: UnitOfWork, tenant_id: str, now: datetime) -> None:
-        """Alert (at most every ten minutes per tenant and worker) naming the accounts
-        that spent the tenant's cap in the last hour."""
-        last = self._incidents.get(tenant_id)
-        if last is not None and now - last < TENANT_INCIDENT_EVERY:
-            return
-        self._incidents[tenant_id] = now
-        spenders = tx.ledger.top_releasers(tenant_id, now - HOUR)
-        self._alerts.emit(
-            "tenant-cap-exhausted",
-            tenant_id=tenant_id,
-            top_accounts=[{"principal_id": pid, "releases": n} for pid, n in spenders],
-        )
 
     def count_denial(
         self, tx: UnitOfWork, caller: Caller, now: datetime, *, scope: str, cause: str
@@ -339,16 +331,15 @@ class KeyReleaseGate:
         action: str,
         note_id: str | None = None,
         charge: Callable[[datetime, str], None] | None = None,
+        confirm_token: bytes | None = None,
     ) -> tuple[Patient, bytes, str]:
         """Access-check a write; return the patient, its data key (created if needed)
-        and how access was granted ("care-team" or "break-glass").
-
-        The caller audits the write itself, once it knows the note id. `charge` (the
-        write budget) runs after the access check and before any key leaves Vault.
-        """
+        and how access was granted ("care-team" or "break-glass"). The caller audits
+        the write itself, once it knows the note id. `charge` (the write budget) runs
+        after the access check and before any key leaves Vault."""
         now = self._clock.now()
         patient, via, _snap = self._access(
-            tx, caller, patient_id, now, action=action, note_id=note_id
+            tx, caller, patient_id, now, action=action, note_id=note_id, confirm_token=confirm_token
         )
         if charge is not None:
             charge(now, patient.id)

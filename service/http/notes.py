@@ -8,6 +8,7 @@ from uuid import UUID
 from flask import Blueprint, Response, jsonify, request
 
 from service.access.budget import BudgetStatus
+from service.access.caller import Caller
 from service.access.roles import Permission, may
 from service.errors import BadRequest, CallerChanged, PreconditionRequired, ValidationFailed
 from service.http import (
@@ -72,19 +73,32 @@ def _content(data: dict[str, Any]) -> NoteContent:
 
 @bp.post("/v1/patients/<uuid:patient_id>/notes")
 def create_note(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
-    c = caller()
+    remembered = _remembered_clinician()
+    c = remembered[0] if remembered is not None else caller()
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not IDEMPOTENCY_KEY_RE.match(idempotency_key):
         raise BadRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
     data = load(NoteWrite, json_body())
-    note, replayed = services().notes.create(
-        c,
-        str(patient_id),
-        kind=data["kind"],
-        content=_content(data),
-        encounter_at=data["encounter_at"],
-        idempotency_key=idempotency_key,
-    )
+
+    def create(c: Caller, confirm_token: bytes | None) -> tuple[NoteRow, bool]:
+        return services().notes.create(
+            c,
+            str(patient_id),
+            kind=data["kind"],
+            content=_content(data),
+            encounter_at=data["encounter_at"],
+            idempotency_key=idempotency_key,
+            confirm_token=confirm_token,
+        )
+
+    if remembered is None:
+        note, replayed = create(c, None)
+    else:
+        try:
+            note, replayed = create(c, remembered[1])
+        except CallerChanged:  # nothing was done: authenticate afresh, then create
+            forget_caller(remembered[1])
+            note, replayed = create(caller(), None)
     headers = {"Location": f"/v1/notes/{note.id}", "ETag": etag(note)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -109,6 +123,15 @@ def list_notes(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 200, rate_limit_headers(page.budget)
 
 
+def _remembered_clinician() -> tuple[Caller, bytes] | None:
+    """The caller this worker remembers for the token, when it may touch note content
+    (its token and account are confirmed by the use case's first read)."""
+    remembered = remembered_caller()
+    if remembered is not None and may(remembered[0].principal.role, Permission.NOTE_CONTENT):
+        return remembered
+    return None
+
+
 def read_as_caller(
     note_id: str, check_request: Callable[[], None] | None = None
 ) -> tuple[NoteView, BudgetStatus]:
@@ -118,8 +141,8 @@ def read_as_caller(
     `check_request` validates the rest of the request once the caller is known (an
     unknown token is refused 401 first) and before anything is read."""
     notes = services().notes
-    remembered = remembered_caller()
-    if remembered is not None and may(remembered[0].principal.role, Permission.NOTE_CONTENT):
+    remembered = _remembered_clinician()
+    if remembered is not None:
         if check_request is not None:
             check_request()
         c, token_digest = remembered

@@ -138,9 +138,11 @@ class NotesService:
         content: NoteContent,
         encounter_at: datetime | None,
         idempotency_key: str | None = None,
+        confirm_token: bytes | None = None,
     ) -> tuple[NoteRow, bool]:
         """Create a note; returns (note, replayed). With an idempotency key, a retry
-        of the same request returns the first note instead of a duplicate."""
+        of the same request returns the first note instead of a duplicate.
+        `confirm_token`: a remembered caller, confirmed by the gate's first read."""
         _require_clinician(caller)
         note_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
@@ -151,6 +153,7 @@ class NotesService:
                 action="note.create",
                 note_id=note_id,
                 charge=self._write_budget(tx, caller, "note.create"),
+                confirm_token=confirm_token,
             )
             now = self._clock.now()
             if idempotency_key is not None:

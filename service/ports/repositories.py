@@ -152,7 +152,13 @@ class KeysRepository(Protocol):
 
 class LedgerRepository(Protocol):
     def gate_snapshot(
-        self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
+        self,
+        principal_id: str,
+        tenant_id: str,
+        patient_id: str,
+        now: datetime,
+        *,
+        token_hash: bytes | None = None,
     ) -> GateSnapshot: ...
 
     def note_gate_snapshot(

@@ -47,7 +47,13 @@ class FakeLedger(_Repo):
         )
 
     def gate_snapshot(
-        self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
+        self,
+        principal_id: str,
+        tenant_id: str,
+        patient_id: str,
+        now: datetime,
+        *,
+        token_hash: bytes | None = None,
     ) -> GateSnapshot:
         pr = self.s.principals.get(principal_id)
         if pr is None:
@@ -78,6 +84,14 @@ class FakeLedger(_Repo):
             break_glass=glass and patient is not None,
             usage=usage,
             key=self.s.keys.get(patient_id) if patient else None,
+            principal=pr if token_hash is not None else None,
+            token_valid=self._token_valid(token_hash, principal_id, now),
+        )
+
+    def _token_valid(self, token_hash: bytes | None, principal_id: str, now: datetime) -> bool:
+        token = self.s.tokens.get(token_hash) if token_hash is not None else None
+        return (
+            token is not None and token[0] == principal_id and token[2] is None and token[1] > now
         )
 
     def note_gate_snapshot(
@@ -90,9 +104,8 @@ class FakeLedger(_Repo):
         confirm: Confirmation | None = None,
     ) -> NoteSnapshot:
         principal = self.s.principals.get(principal_id)
-        token = self.s.tokens.get(confirm.token_hash) if confirm is not None else None
-        token_valid = (
-            token is not None and token[0] == principal_id and token[2] is None and token[1] > now
+        token_valid = self._token_valid(
+            confirm.token_hash if confirm is not None else None, principal_id, now
         )
         note = self.s.notes.get(note_id)
         if note is None or note.tenant_id != tenant_id:

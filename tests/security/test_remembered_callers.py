@@ -136,3 +136,53 @@ def test_a_remembered_read_is_released_and_recorded_like_any_other(
             " WHERE request_id = 'remembered'"
         ).fetchone()
     assert row == (dr.id, "note.read", "granted")
+
+
+def _notes_of(db_url: str, patient_id: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        (n,) = conn.execute(
+            "SELECT count(*) FROM notes WHERE patient_id = %s", (patient_id,)
+        ).fetchone()
+    return int(n)
+
+
+def test_a_remembered_create_is_refused_once_the_token_is_revoked_elsewhere(
+    api: Api, stack: StackHelper, db_url: str
+) -> None:
+    """Creates use the remembered caller too; the gate's first read confirms it before
+    anything is written (no note, no record in the account's name)."""
+    t = stack.tenant()
+    dr = stack.clinician(t)
+    pid = stack.patient_for(t, dr)
+    stack.note(dr, pid)  # remembered from here on
+    body = {"kind": "progress", "title": "t", "body": "second"}
+    assert api.post(f"/v1/patients/{pid}/notes", dr.token, body).status_code == 201
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE tokens SET revoked_at = now() WHERE principal_id = %s", (dr.id,))
+    r = api.post(
+        f"/v1/patients/{pid}/notes", dr.token, body, headers={"X-Request-Id": "create-revoked"}
+    )
+    assert r.status_code == 401
+    assert _notes_of(db_url, pid) == 2
+    assert _records(db_url, "create-revoked") == []
+
+
+def test_a_remembered_create_after_a_suspension_by_sql_is_refused_and_audited(
+    api: Api, stack: StackHelper, db_url: str
+) -> None:
+    t = stack.tenant()
+    dr = stack.clinician(t)
+    pid = stack.patient_for(t, dr)
+    stack.note(dr, pid)
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE principals SET suspended_at = now(), suspended_reason = 'ops' WHERE id = %s",
+            (dr.id,),
+        )
+    body = {"kind": "progress", "body": "after suspension"}
+    r = api.post(
+        f"/v1/patients/{pid}/notes", dr.token, body, headers={"X-Request-Id": "create-suspended"}
+    )
+    assert r.status_code == 403
+    assert _notes_of(db_url, pid) == 1
+    assert _records(db_url, "create-suspended") == [("request", "denied")]

@@ -119,3 +119,31 @@ def test_a_grant_recorded_by_the_statement_that_the_gate_refuses_fails_closed(
         notes_for(w).read(w.caller(), note_id, confirm_token=hash_token(TOKEN))
     assert w.db.committed.releases == []
     assert any(a["alert"] == "gate-disagreement" for a in w.alerts.sent)
+
+
+@pytest.mark.parametrize("change", ["revoked", "suspended", "budget"])
+def test_a_remembered_create_stops_before_anything_is_written(w: World, change: str):
+    pid = w.patient("p1")
+    remembered = w.caller()
+    s = w.db.state
+    digest = hash_token(TOKEN)
+    if change == "revoked":
+        s.tokens[digest] = ("doc", T0 + timedelta(days=1), T0)
+    elif change == "suspended":
+        s.principals["doc"] = replace(s.principals["doc"], suspended_at=T0, suspended_reason="x")
+    else:
+        s.principals["doc"] = replace(s.principals["doc"], release_per_hour=1)
+    w.db.committed = _copy(s)
+    before = _copy(w.db.committed)
+    with pytest.raises(CallerChanged):
+        notes_for(w).create(
+            remembered,
+            pid,
+            kind="progress",
+            content=NoteContent("t", "b"),
+            encounter_at=None,
+            confirm_token=digest,
+        )
+    assert w.db.committed.notes == before.notes
+    assert w.db.committed.audit == before.audit
+    assert w.db.committed.keys == before.keys

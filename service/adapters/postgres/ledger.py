@@ -21,8 +21,10 @@ from service.adapters.postgres.base import (
 from service.adapters.postgres.snapshots import (
     NOTE_SNAPSHOT_RECORDING_SQL,
     NOTE_SNAPSHOT_SQL,
+    PRINCIPAL_AS_PR,
     SNAPSHOT_COLUMNS,
     SNAPSHOT_JOINS,
+    TOKEN_VALID,
     gate_snapshot_from_row,
     note_snapshot_from_row,
 )
@@ -44,19 +46,31 @@ log = logging.getLogger(__name__)
 
 class LedgerRepository(Repo):
     def gate_snapshot(
-        self, principal_id: str, tenant_id: str, patient_id: str, now: datetime
+        self,
+        principal_id: str,
+        tenant_id: str,
+        patient_id: str,
+        now: datetime,
+        *,
+        token_hash: bytes | None = None,
     ) -> GateSnapshot:
         """Suspension, patient, care team, break-glass, this principal's budget usage and
         the wrapped key: one round trip for the common (warm) read. The tenant-wide
-        count is left out: it is only needed, under lock, for a new release."""
+        count is left out: it is only needed, under lock, for a new release. With
+        `token_hash` (a remembered caller), also the principal as stored and whether
+        the token is its live one."""
+        confirm = token_hash is not None
         row = self._read_one(
-            "SELECT " + SNAPSHOT_COLUMNS + " FROM principals pr"
+            "SELECT "
+            + (PRINCIPAL_AS_PR + ", " + TOKEN_VALID + ", " if confirm else "")
+            + SNAPSHOT_COLUMNS
+            + " FROM principals pr"
             " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s"
             + SNAPSHOT_JOINS.format(patient="%(pt)s")
             + " WHERE pr.id = %(p)s",
-            self._window(principal_id, tenant_id, now, pt=patient_id),
+            self._window(principal_id, tenant_id, now, pt=patient_id) | {"token": token_hash},
         )
-        return gate_snapshot_from_row(row)
+        return gate_snapshot_from_row(row, with_principal=confirm)
 
     def note_gate_snapshot(
         self,

@@ -42,6 +42,13 @@ def principal_from_pr_row(row: dict[str, Any]) -> Principal:
     )
 
 
+# A remembered caller's confirmation: its live token (service/access/remembered.py).
+TOKEN_VALID = (
+    "EXISTS (SELECT 1 FROM tokens tk WHERE tk.token_hash = %(token)s"
+    " AND tk.principal_id = pr.id AND tk.revoked_at IS NULL"
+    " AND tk.expires_at > %(now)s) AS token_valid"
+)
+
 # The gate's snapshot: the principal's suspension, the patient, care team and
 # break-glass, the wrapped key and the principal's usage (service/access/gate.py).
 SNAPSHOT_COLUMNS = (
@@ -63,7 +70,9 @@ SNAPSHOT_JOINS = (
 )
 
 
-def gate_snapshot_from_row(row: dict[str, Any] | None) -> GateSnapshot:
+def gate_snapshot_from_row(
+    row: dict[str, Any] | None, *, with_principal: bool = False
+) -> GateSnapshot:
     if row is None:
         return GateSnapshot(False, True, None, False, False, _NO_USAGE, None)
     patient = (
@@ -99,6 +108,8 @@ def gate_snapshot_from_row(row: dict[str, Any] | None) -> GateSnapshot:
             tenant_oldest=None,
         ),
         key=key,
+        principal=principal_from_pr_row(row) if with_principal else None,
+        token_valid=bool(row["token_valid"]) if with_principal else False,
     )
 
 
@@ -107,9 +118,7 @@ NOTE_SNAPSHOT_SQL = (
     " n.encounter_at, n.created_by, n.created_at, n.updated_at,"
     " v.version AS v_version, v.sealed, v.author_id, v.created_at AS v_created_at,"
     " pr.id IS NOT NULL AS principal_found, " + PRINCIPAL_AS_PR + ","
-    " EXISTS (SELECT 1 FROM tokens tk WHERE tk.token_hash = %(token)s"
-    "   AND tk.principal_id = pr.id AND tk.revoked_at IS NULL"
-    "   AND tk.expires_at > %(now)s) AS token_valid, " + SNAPSHOT_COLUMNS + " FROM (SELECT) one"
+    " " + TOKEN_VALID + ", " + SNAPSHOT_COLUMNS + " FROM (SELECT) one"
     " LEFT JOIN principals pr ON pr.id = %(p)s"
     " LEFT JOIN notes n ON n.tenant_id = %(t)s AND n.id = %(note)s"
     " LEFT JOIN note_versions v ON v.note_id = n.id AND v.version = n.current_version"
