@@ -53,47 +53,8 @@ class KeyUnwrapper:
     ) -> bytes | None:
         """The patient's data key (None: it has none yet). `granted_already`: the read's
         grant is on record before the unwrap (a warm re-read, service/access/warmread.py),
-        so a failure here is recorded too: the log never shows a grant alone for a read
-        that returned nothing."""
-        try:
-            return self._unwrap(
-                tx,
-                caller,
-                patient,
-                now,
-                action=action,
-                cause=cause,
-                note_id=note_id,
-                for_write=for_write,
-                snapshot=snapshot,
-            )
-        except ServiceError as e:
-            if granted_already and not isinstance(e, KeyServiceThrottled):  # that one records
-                self._audit.record(
-                    tx,
-                    action=action,
-                    outcome="unavailable",
-                    caller=caller,
-                    patient_id=patient.id,
-                    note_id=note_id,
-                    reason=e.slug,
-                )
-                tx.commit()
-            raise
-
-    def _unwrap(
-        self,
-        tx: UnitOfWork,
-        caller: Caller,
-        patient: Patient,
-        now: datetime,
-        *,
-        cause: str,
-        action: str,
-        note_id: str | None,
-        for_write: bool,
-        snapshot: GateSnapshot | None,
-    ) -> bytes | None:
+        so a failure of the unwrap is recorded too: the log never shows a grant alone for
+        a read that returned nothing."""
         row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
         if row is None:
             return None
@@ -104,16 +65,30 @@ class KeyUnwrapper:
             return cached
         self._metrics.key_cache.labels(result="miss").inc()
         try:
-            key = self._keys.unwrap(
-                WrappedKey(row.wrapped_key, row.key_version),
-                tenant_id=patient.tenant_id,
-                context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
-            )
-        except DecryptionError as e:
-            log.error("wrapped key failed to unwrap for patient %s", patient.id)
-            raise IntegrityFailure() from e
+            try:
+                key = self._keys.unwrap(
+                    WrappedKey(row.wrapped_key, row.key_version),
+                    tenant_id=patient.tenant_id,
+                    context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
+                )
+            except DecryptionError as e:
+                log.error("wrapped key failed to unwrap for patient %s", patient.id)
+                raise IntegrityFailure() from e
         except KeyServiceThrottled:
             self._vault_throttled(tx, caller, patient, now, action=action, note_id=note_id)
+            raise
+        except ServiceError as e:
+            if granted_already:
+                self._audit.record(
+                    tx,
+                    action=action,
+                    outcome="unavailable",
+                    caller=caller,
+                    patient_id=patient.id,
+                    note_id=note_id,
+                    reason=e.slug,
+                )
+                tx.commit()
             raise
         # Vault logs every unwrap with its derivation context; this record names the
         # request that caused it, so `audit reconcile` can match the two one to one.
