@@ -108,6 +108,10 @@ class GateSnapshot:
     principal: Principal | None = None
     token_valid: bool = False
 
+    def confirms(self, remembered: Principal) -> bool:
+        """The remembered caller is exactly the stored one, and its token is live."""
+        return self.token_valid and self.principal == remembered
+
 
 @dataclass(frozen=True, slots=True)
 class Confirmation:
@@ -125,15 +129,13 @@ class Confirmation:
 
 @dataclass(frozen=True, slots=True)
 class NoteSnapshot:
-    """A warm read's one statement: the note with its current version, the gate's
-    snapshot for its patient, and the caller's principal and token as stored now (to
-    confirm a remembered caller, service/access/remembered.py)."""
+    """A warm read's one statement: the note with its current version and the gate's
+    snapshot for its patient (with the caller's principal and token as stored now, to
+    confirm a remembered caller: service/access/remembered.py)."""
 
     note: NoteRow | None  # None: the tenant has no such note
     version: NoteVersionRow | None
     gate: GateSnapshot
-    principal: Principal | None
-    token_valid: bool  # the token asked about is live and this principal's
     recorded: bool = False  # the statement appended and committed `note.read granted`
 
 

@@ -132,7 +132,7 @@ class KeyReleaseGate:
         snap = snapshot or tx.ledger.gate_snapshot(
             p.id, p.tenant_id, patient_id, now, token_hash=confirm_token
         )
-        if confirm_token is not None and not (snap.token_valid and snap.principal == p):
+        if confirm_token is not None and not snap.confirms(p):
             raise CallerChanged()
         if not snap.principal_found or snap.suspended:
             raise AccountSuspended()
@@ -251,7 +251,7 @@ class KeyReleaseGate:
         if confirm_token is not None:
             confirm = Confirmation(confirm_token, p, caller.request_id, caller.client_addr)
         found = tx.ledger.note_gate_snapshot(p.id, p.tenant_id, note_id, now, confirm=confirm)
-        if confirm is not None and not (found.token_valid and found.principal == p):
+        if confirm is not None and not found.gate.confirms(p):
             if found.recorded:
                 self._disagree(caller, "caller")
             raise CallerChanged()
@@ -319,7 +319,7 @@ class KeyReleaseGate:
                 note_id=note_id,
                 reason="break-glass" if via == "break-glass" else None,
             )
-        self._metrics.key_granted()
+        self._metrics.key_releases.labels(outcome="granted").inc()
         return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
 
     def key_for_write(

@@ -104,21 +104,19 @@ class FakeLedger(_Repo):
         confirm: Confirmation | None = None,
     ) -> NoteSnapshot:
         principal = self.s.principals.get(principal_id)
-        token_valid = self._token_valid(
-            confirm.token_hash if confirm is not None else None, principal_id, now
-        )
+        token = confirm.token_hash if confirm is not None else None
         note = self.s.notes.get(note_id)
         if note is None or note.tenant_id != tenant_id:
             patient_id = "00000000-0000-0000-0000-000000000000"  # no such patient
-            gate = self.gate_snapshot(principal_id, tenant_id, patient_id, now)
-            return NoteSnapshot(None, None, gate, principal, token_valid)
+            gate = self.gate_snapshot(principal_id, tenant_id, patient_id, now, token_hash=token)
+            return NoteSnapshot(None, None, gate)
         version = self.s.versions.get((note.id, note.current_version))
-        gate = self.gate_snapshot(principal_id, tenant_id, note.patient_id, now)
+        gate = self.gate_snapshot(principal_id, tenant_id, note.patient_id, now, token_hash=token)
         # The database's own test of a warm re-read (the adapter's WARM_REREAD), written
         # out again here rather than borrowed from the gate: the two must agree.
         recorded = (
             confirm is not None
-            and token_valid
+            and gate.token_valid
             and principal == confirm.principal
             and principal is not None
             and not principal.suspended
@@ -146,7 +144,7 @@ class FakeLedger(_Repo):
             self.s.audit.append(record)
             if self.db.committed is not self.s:
                 self.db.committed.audit.append(record)
-        return NoteSnapshot(note, version, gate, principal, token_valid, recorded)
+        return NoteSnapshot(note, version, gate, recorded)
 
     def lock_tenant_budget(self, tenant_id: str) -> None:
         return None

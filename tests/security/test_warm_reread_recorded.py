@@ -137,7 +137,7 @@ def test_the_statement_records_only_a_warm_reread_of_the_remembered_account(
         found = tx.ledger.note_gate_snapshot(
             principal.id, principal.tenant_id, warm["note"], svc.clock.now(), confirm=fresh
         )
-    assert found.token_valid and found.principal == principal and not found.recorded
+    assert found.gate.token_valid and found.gate.principal == principal and not found.recorded
     assert recorded(fresh)
     assert not recorded(fresh, warm["unread"])  # not released this hour
     stale = Confirmation(

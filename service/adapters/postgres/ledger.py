@@ -27,6 +27,7 @@ from service.adapters.postgres.snapshots import (
     TOKEN_VALID,
     gate_snapshot_from_row,
     note_snapshot_from_row,
+    remembered_params,
 )
 from service.audit import chain as auditchain
 from service.errors import (
@@ -100,18 +101,11 @@ class LedgerRepository(Repo):
             row = self._read_one(NOTE_SNAPSHOT_SQL, params | {"token": token})
             assert row is not None  # one row, whatever matched
             return note_snapshot_from_row(row, recorded=False)
-        p = confirm.principal
-        params |= {
+        params |= remembered_params(confirm.principal) | {
             "token": confirm.token_hash,
             "shard": self.conn.info.backend_pid % auditchain.SHARDS,
             "request_id": confirm.request_id,
             "client_addr": confirm.client_addr,
-            "c_name": p.name,
-            "c_role": p.role.value,
-            "c_per_hour": p.release_per_hour,
-            "c_per_day": p.release_per_day,
-            "c_reason": p.suspended_reason,
-            "c_unlocked": p.last_unlocked_at,
         }
         try:
             row = self._read_one(NOTE_SNAPSHOT_RECORDING_SQL, params)

@@ -18,28 +18,38 @@ from service.models import (
     Principal,
 )
 
+# Every stored column of a principal, the Principal field it becomes, and its type: the
+# one list behind reading the account back (PRINCIPAL_AS_PR) and comparing it with a
+# remembered one inside the statement (WARM_REREAD, remembered_params), so a column is
+# never read without being compared.
+PRINCIPAL_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("id", "id", "uuid"),
+    ("tenant_id", "tenant_id", "uuid"),
+    ("name", "name", "text"),
+    ("role", "role", "text"),
+    ("suspended_at", "suspended_at", "timestamptz"),
+    ("release_per_hour", "release_per_hour", "integer"),
+    ("release_per_day", "release_per_day", "integer"),
+    ("suspended_reason", "suspended_reason", "text"),
+    ("denials_since", "last_unlocked_at", "timestamptz"),
+)
 # The principal's columns under their own names (the note's share id, tenant_id, ...).
-PRINCIPAL_AS_PR = (
-    "pr.id AS pr_id, pr.tenant_id AS pr_tenant_id, pr.name AS pr_name, pr.role AS pr_role,"
-    " pr.release_per_hour AS pr_release_per_hour, pr.release_per_day AS pr_release_per_day,"
-    " pr.suspended_reason AS pr_suspended_reason, pr.denials_since AS pr_denials_since"
+PRINCIPAL_AS_PR = ", ".join(f"pr.{column} AS pr_{column}" for column, _, _ in PRINCIPAL_FIELDS)
+_SAME_PRINCIPAL = " AND ".join(
+    f"s.pr_{column} IS NOT DISTINCT FROM %(c_{column})s::{sql_type}"
+    for column, _, sql_type in PRINCIPAL_FIELDS
 )
 
 
 def principal_from_pr_row(row: dict[str, Any]) -> Principal:
-    return _principal(
-        {
-            "id": row["pr_id"],
-            "tenant_id": row["pr_tenant_id"],
-            "name": row["pr_name"],
-            "role": row["pr_role"],
-            "suspended_at": row["suspended_at"],
-            "release_per_hour": row["pr_release_per_hour"],
-            "release_per_day": row["pr_release_per_day"],
-            "suspended_reason": row["pr_suspended_reason"],
-            "denials_since": row["pr_denials_since"],
-        }
-    )
+    return _principal({column: row[f"pr_{column}"] for column, _, _ in PRINCIPAL_FIELDS})
+
+
+def remembered_params(remembered: Principal) -> dict[str, Any]:
+    """The remembered account's fields, as WARM_REREAD compares them."""
+    values = {field: getattr(remembered, field) for _, field, _ in PRINCIPAL_FIELDS}
+    values["role"] = remembered.role.value
+    return {f"c_{column}": values[field] for column, field, _ in PRINCIPAL_FIELDS}
 
 
 # A remembered caller's confirmation: its live token (service/access/remembered.py).
@@ -133,12 +143,7 @@ NOTE_SNAPSHOT_SQL = (
 # team (break-glass reads take the usual path); already released to this account
 # within the hour, so the budget charges nothing.
 WARM_REREAD = (
-    "s.token_valid AND s.pr_id = %(p)s AND s.pr_tenant_id = %(t)s"
-    " AND s.pr_name = %(c_name)s AND s.pr_role = %(c_role)s AND s.suspended_at IS NULL"
-    " AND s.pr_release_per_hour IS NOT DISTINCT FROM %(c_per_hour)s::integer"
-    " AND s.pr_release_per_day IS NOT DISTINCT FROM %(c_per_day)s::integer"
-    " AND s.pr_suspended_reason IS NOT DISTINCT FROM %(c_reason)s::text"
-    " AND s.pr_denials_since IS NOT DISTINCT FROM %(c_unlocked)s::timestamptz"
+    "s.token_valid AND s.pr_id IS NOT NULL AND " + _SAME_PRINCIPAL + " AND s.suspended_at IS NULL"
     " AND s.id IS NOT NULL AND s.v_version IS NOT NULL"
     " AND s.pt_id IS NOT NULL AND NOT s.is_decoy AND s.shredded_at IS NULL"
     " AND s.care AND s.patient_in_hour"
@@ -154,11 +159,9 @@ NOTE_SNAPSHOT_RECORDING_SQL = (
 
 
 def note_snapshot_from_row(row: dict[str, Any], *, recorded: bool) -> NoteSnapshot:
-    principal = principal_from_pr_row(row) if row["principal_found"] else None
-    gate = gate_snapshot_from_row(row if row["principal_found"] else None)
-    token_valid = bool(row["token_valid"])
+    gate = gate_snapshot_from_row(row if row["principal_found"] else None, with_principal=True)
     if row["id"] is None:
-        return NoteSnapshot(None, None, gate, principal, token_valid, recorded)
+        return NoteSnapshot(None, None, gate, recorded)
     note = _note(row)
     version = (
         NoteVersionRow(
@@ -171,4 +174,4 @@ def note_snapshot_from_row(row: dict[str, Any], *, recorded: bool) -> NoteSnapsh
         if row["v_version"] is not None
         else None
     )
-    return NoteSnapshot(note, version, gate, principal, token_valid, recorded)
+    return NoteSnapshot(note, version, gate, recorded)
