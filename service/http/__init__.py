@@ -6,15 +6,19 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
 from service.access.caller import Caller
 from service.access.idp import RequestContext
+from service.access.roles import Permission, may
 from service.app import Services
-from service.errors import BadRequest, ServiceError, ValidationFailed
+from service.errors import BadRequest, CallerChanged, ServiceError, ValidationFailed
+
+T = TypeVar("T")
 
 
 class UnsupportedMediaType(ServiceError):
@@ -42,19 +46,36 @@ def caller() -> Caller:
     return c
 
 
-def remembered_caller() -> tuple[Caller, bytes] | None:
-    """The caller this worker authenticated earlier with the same opaque token, and
-    the token's digest, which the use case must confirm in its own statement
-    (service/access/remembered.py); None: call `caller()`."""
-    if "caller" in g:
-        return None
-    return services().idp.remembered.caller(
-        request.headers.get("Authorization"), g.get("request_id"), request.remote_addr
-    )
-
-
-def forget_caller(token_digest: bytes) -> None:
-    services().idp.remembered.forget(token_digest)
+def as_caller(
+    act: Callable[[Caller, bytes | None], T],
+    *,
+    permission: Permission,
+    check_request: Callable[[], None] | None = None,
+) -> T:
+    """Run a use case as this request's caller. When this worker remembers the token's
+    account and the account has `permission`, the use case gets it with the token's
+    digest and confirms both in its first statement (service/access/remembered.py);
+    CallerChanged (nothing was done) sends the request through full authentication.
+    `check_request` validates the rest of the request once the caller is known (an
+    unknown token is refused 401 first) and before the use case runs."""
+    remembered_callers = services().idp.remembered
+    remembered = None
+    if "caller" not in g:
+        remembered = remembered_callers.caller(
+            request.headers.get("Authorization"), g.get("request_id"), request.remote_addr
+        )
+    if remembered is not None and may(remembered[0].principal.role, permission):
+        if check_request is not None:
+            check_request()
+        try:
+            return act(*remembered)
+        except CallerChanged:
+            remembered_callers.forget(remembered[1])
+        return act(caller(), None)
+    authenticated = caller()
+    if check_request is not None:
+        check_request()
+    return act(authenticated, None)
 
 
 def json_body() -> Any:

@@ -8,18 +8,16 @@ from uuid import UUID
 from flask import Blueprint, Response, jsonify, request
 
 from service.access.budget import BudgetStatus
-from service.access.caller import Caller
-from service.access.roles import Permission, may
-from service.errors import BadRequest, CallerChanged, PreconditionRequired, ValidationFailed
+from service.access.roles import Permission
+from service.errors import BadRequest, PreconditionRequired, ValidationFailed
 from service.http import (
+    as_caller,
     caller,
     decode_cursor,
     encode_cursor,
-    forget_caller,
     int_arg,
     iso,
     json_body,
-    remembered_caller,
     services,
 )
 from service.models import NoteRow
@@ -73,32 +71,27 @@ def _content(data: dict[str, Any]) -> NoteContent:
 
 @bp.post("/v1/patients/<uuid:patient_id>/notes")
 def create_note(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
-    remembered = _remembered_clinician()
-    c = remembered[0] if remembered is not None else caller()
-    idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is not None and not IDEMPOTENCY_KEY_RE.match(idempotency_key):
-        raise BadRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
-    data = load(NoteWrite, json_body())
+    checked: dict[str, Any] = {}
 
-    def create(c: Caller, confirm_token: bytes | None) -> tuple[NoteRow, bool]:
-        return services().notes.create(
+    def check_request() -> None:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+            raise BadRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
+        checked.update(load(NoteWrite, json_body()), idempotency_key=key)
+
+    note, replayed = as_caller(
+        lambda c, confirm_token: services().notes.create(
             c,
             str(patient_id),
-            kind=data["kind"],
-            content=_content(data),
-            encounter_at=data["encounter_at"],
-            idempotency_key=idempotency_key,
+            kind=checked["kind"],
+            content=_content(checked),
+            encounter_at=checked["encounter_at"],
+            idempotency_key=checked["idempotency_key"],
             confirm_token=confirm_token,
-        )
-
-    if remembered is None:
-        note, replayed = create(c, None)
-    else:
-        try:
-            note, replayed = create(c, remembered[1])
-        except CallerChanged:  # nothing was done: authenticate afresh, then create
-            forget_caller(remembered[1])
-            note, replayed = create(caller(), None)
+        ),
+        permission=Permission.NOTE_CONTENT,
+        check_request=check_request,
+    )
     headers = {"Location": f"/v1/notes/{note.id}", "ETag": etag(note)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -123,38 +116,16 @@ def list_notes(patient_id: UUID) -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 200, rate_limit_headers(page.budget)
 
 
-def _remembered_clinician() -> tuple[Caller, bytes] | None:
-    """The caller this worker remembers for the token, when it may touch note content
-    (its token and account are confirmed by the use case's first read)."""
-    remembered = remembered_caller()
-    if remembered is not None and may(remembered[0].principal.role, Permission.NOTE_CONTENT):
-        return remembered
-    return None
-
-
 def read_as_caller(
     note_id: str, check_request: Callable[[], None] | None = None
 ) -> tuple[NoteView, BudgetStatus]:
-    """A note read by this request's caller: the caller this worker remembers for the
-    token when there is one (confirmed, and a warm re-read recorded, by the read's own
-    statement: service/access/remembered.py), else the authenticated caller.
-    `check_request` validates the rest of the request once the caller is known (an
-    unknown token is refused 401 first) and before anything is read."""
-    notes = services().notes
-    remembered = _remembered_clinician()
-    if remembered is not None:
-        if check_request is not None:
-            check_request()
-        c, token_digest = remembered
-        try:
-            return notes.read(c, note_id, confirm_token=token_digest)
-        except CallerChanged:  # nothing was done: authenticate afresh, then read
-            forget_caller(token_digest)
-        return notes.read(caller(), note_id)
-    authenticated = caller()
-    if check_request is not None:
-        check_request()
-    return notes.read(authenticated, note_id)
+    """A note read by this request's caller (a remembered one, confirmed, and a warm
+    re-read recorded, by the read's own statement: `as_caller`)."""
+    return as_caller(
+        lambda c, confirm_token: services().notes.read(c, note_id, confirm_token=confirm_token),
+        permission=Permission.NOTE_CONTENT,
+        check_request=check_request,
+    )
 
 
 @bp.get("/v1/notes/<uuid:note_id>")
