@@ -72,8 +72,6 @@ class Metrics:
         # Labelled children by label values: prometheus_client's labels() validates
         # and locks on every call, and these are on every request.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._granted = self.key_releases.labels(outcome="granted")
-        self._cache_hit = self.key_cache.labels(result="hit")
 
     def observe_request(self, route: str, method: str, status: int, seconds: float | None) -> None:
         key = (route, method if method in KNOWN_METHODS else "OTHER", status)
@@ -87,9 +85,3 @@ class Metrics:
         children[0].inc()
         if seconds is not None:
             children[1].observe(seconds)
-
-    def key_granted(self) -> None:
-        self._granted.inc()
-
-    def key_cache_hit(self) -> None:
-        self._cache_hit.inc()

@@ -61,34 +61,28 @@ class KeyUnwrapper:
         ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
         cached = self._cache.get(ckey)
         if cached is not None:
-            self._metrics.key_cache_hit()
+            self._metrics.key_cache.labels(result="hit").inc()
             return cached
         self._metrics.key_cache.labels(result="miss").inc()
         try:
-            try:
-                key = self._keys.unwrap(
-                    WrappedKey(row.wrapped_key, row.key_version),
-                    tenant_id=patient.tenant_id,
-                    context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
-                )
-            except DecryptionError as e:
-                log.error("wrapped key failed to unwrap for patient %s", patient.id)
-                raise IntegrityFailure() from e
+            key = self._keys.unwrap(
+                WrappedKey(row.wrapped_key, row.key_version),
+                tenant_id=patient.tenant_id,
+                context=key_context(tenant_id=patient.tenant_id, patient_id=patient.id),
+            )
         except KeyServiceThrottled:
             self._vault_throttled(tx, caller, patient, now, action=action, note_id=note_id)
             raise
-        except ServiceError as e:
+        except DecryptionError as e:
+            log.error("wrapped key failed to unwrap for patient %s", patient.id)
             if granted_already:
-                self._audit.record(
-                    tx,
-                    action=action,
-                    outcome="unavailable",
-                    caller=caller,
-                    patient_id=patient.id,
-                    note_id=note_id,
-                    reason=e.slug,
+                self._unavailable(
+                    tx, caller, patient, action, note_id, reason=IntegrityFailure.slug
                 )
-                tx.commit()
+            raise IntegrityFailure() from e
+        except ServiceError as e:  # Vault unavailable, sealed, too slow
+            if granted_already:
+                self._unavailable(tx, caller, patient, action, note_id, reason=e.slug)
             raise
         # Vault logs every unwrap with its derivation context; this record names the
         # request that caused it, so `audit reconcile` can match the two one to one.
@@ -117,16 +111,7 @@ class KeyUnwrapper:
         """Vault refused the unwrap (its quota for the tenant is spent): nothing is
         released, so drop what this transaction charged, then record the refusal."""
         tx.rollback()
-        self._audit.record(
-            tx,
-            action=action,
-            outcome="unavailable",
-            caller=caller,
-            patient_id=patient.id,
-            note_id=note_id,
-            reason="vault-unwrap-quota",
-        )
-        tx.commit()
+        self._unavailable(tx, caller, patient, action, note_id, reason="vault-unwrap-quota")
         self._metrics.vault_throttled.inc()
         self._alerts.emit(
             "vault-unwrap-quota-exceeded",
@@ -134,3 +119,25 @@ class KeyUnwrapper:
             principal_id=caller.principal.id,
             patient_id=patient.id,
         )
+
+    def _unavailable(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        action: str,
+        note_id: str | None,
+        *,
+        reason: str,
+    ) -> None:
+        """Record, and commit, that the read came to nothing: the key was not released."""
+        self._audit.record(
+            tx,
+            action=action,
+            outcome="unavailable",
+            caller=caller,
+            patient_id=patient.id,
+            note_id=note_id,
+            reason=reason,
+        )
+        tx.commit()
