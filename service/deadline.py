@@ -2,7 +2,8 @@
 
 Timeouts are ordered: each Vault or database call (2 s) < the request deadline
 (5 s) < gunicorn's worker timeout. A request past its deadline starts no new
-dependency call: it answers 503 instead of piling up work.
+dependency call, and a call made near it waits only for what is left
+(`bounded`): the request answers 503 within its deadline instead of piling up work.
 """
 
 from __future__ import annotations
@@ -37,3 +38,14 @@ def check() -> None:
     left = remaining()
     if left is not None and left <= 0:
         raise DeadlineExceeded()
+
+
+def bounded(seconds: float) -> float:
+    """How long a dependency call may wait: `seconds`, or what is left of the
+    request's deadline when that is less. Raises DeadlineExceeded when nothing is."""
+    left = remaining()
+    if left is None or left >= seconds:
+        return seconds
+    if left <= 0:
+        raise DeadlineExceeded()
+    return left

@@ -42,14 +42,18 @@ class Host:
             time.sleep(0.2)
 
     def cut(self, keep: str) -> None:
-        """Drop every packet this host sends except to `keep` (the clients' host):
-        it still answers its clients, but reaches neither PostgreSQL nor Vault."""
+        """Lose every packet that comes to this host from anywhere but `keep` (the
+        clients' host): it still answers its clients, but hears from neither
+        PostgreSQL nor Vault. What it sends leaves, as it would into a partition;
+        dropping it on the way out instead would be a local firewall, which the
+        kernel reports to TCP and waits out differently from a network that
+        silently loses packets."""
         rules = (
             "table inet drillcut {\n"
-            "  chain out {\n"
-            "    type filter hook output priority 0; policy accept;\n"
-            '    oifname "lo" accept\n'
-            f"    ip daddr {keep} accept\n"
+            "  chain in {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            '    iifname "lo" accept\n'
+            f"    ip saddr {keep} accept\n"
             "    drop\n"
             "  }\n"
             "}\n"

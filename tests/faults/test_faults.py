@@ -25,6 +25,7 @@ import pytest
 import requests
 from flask import Flask
 
+from service import deadline
 from service.adapters.postgres import Store
 from service.adapters.vault import VaultKeyService
 from service.app import create_app
@@ -37,6 +38,7 @@ from service.devtools.stack import (
     free_port,
     url_with_user,
 )
+from service.errors import KeyServiceUnavailable
 from tests.conftest import CANARY, LOG_LINES
 from tests.helpers import Api, StackHelper
 
@@ -226,6 +228,31 @@ def test_vault_hung_under_gunicorn(faults: FaultStack, note: dict[str, Any]) -> 
         proc.wait(15)
         LOG_LINES.extend(log_path.read_text(errors="replace").splitlines())
         log_path.unlink()
+
+
+def test_a_vault_call_near_the_deadline_waits_only_for_what_is_left(faults: FaultStack) -> None:
+    """Hung Vault: a call made with 0.5 s of the request's deadline left gives up after
+    about 0.5 s, not the 2 s Vault timeout, so the request's 503 comes within its deadline."""
+    keys = VaultKeyService(addr=faults.bao.addr, token=faults.bao.root_token, timeout=2.0)
+    keys.sign(b"logged in, connected")
+    faults.bao.pause()
+    try:
+        token = deadline.start(0.5)
+        started = time.monotonic()
+        try:
+            with pytest.raises(KeyServiceUnavailable):
+                keys.sign(b"near the deadline")
+        finally:
+            deadline.reset(token)
+        near = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(KeyServiceUnavailable):
+            keys.sign(b"outside any request")
+        full = time.monotonic() - started
+    finally:
+        faults.bao.resume()
+    assert near < 1.2, near
+    assert full >= 1.9, full
 
 
 def _get(url: str, headers: dict[str, str]) -> requests.Response:

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -26,7 +26,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 from service import deadline
-from service.adapters.postgres import schema
+from service.adapters.postgres import schema, tcp
 from service.adapters.postgres.base import IDLE_CHECK_SECONDS
 from service.adapters.postgres.groupcommit import AuditGroupCommit
 from service.adapters.postgres.uow import UnitOfWork
@@ -34,6 +34,8 @@ from service.errors import DatabaseUnavailable, ServiceError
 
 log = logging.getLogger(__name__)
 _HELD: ContextVar[_Held | None] = ContextVar("sealednotes_request_connection", default=None)
+# When the checkout under way in this thread must end (its idle checks included).
+_CHECKOUT_ENDS: ContextVar[float | None] = ContextVar("sealednotes_checkout_ends", default=None)
 
 
 # A server that stops answering is an error within seconds (TCP over a network).
@@ -133,9 +135,26 @@ class Store:
         # A connection used moments ago is healthy enough to try; one that sat idle
         # (perhaps across a database restart) is checked before it is handed out.
         # A broken busy connection still fails its query, answers 503, and is
-        # discarded by the pool.
-        if time.monotonic() - self._returned_at.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+        # discarded by the pool. The check runs in the requesting thread, within
+        # the checkout's wait: on a cut network each idle connection checked would
+        # otherwise cost a whole timeout, one after the other.
+        now = time.monotonic()
+        if now - self._returned_at.get(conn, 0.0) <= IDLE_CHECK_SECONDS:
+            return
+        ends = _CHECKOUT_ENDS.get()
+        left = self._timeout if ends is None else min(self._timeout, ends - now)
+        if left <= 0:
+            raise psycopg_pool.PoolTimeout("no time left to check an idle connection")
+        with tcp.acknowledged_within(conn, left) if left < self._timeout else nullcontext():
             psycopg_pool.ConnectionPool.check_connection(conn)
+
+    def _within_deadline(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
+        """A request with less than a database timeout left waits on a silent server
+        only for what it has left (tcp.py); otherwise libpq's own bounds hold."""
+        wait = deadline.bounded(self._timeout)
+        if wait >= self._timeout:
+            return nullcontext()
+        return tcp.acknowledged_within(conn, wait)
 
     def close(self) -> None:
         with self._lock:
@@ -176,16 +195,18 @@ class Store:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        deadline.check()
         try:
+            wait = deadline.bounded(self._timeout)
+            _CHECKOUT_ENDS.set(time.monotonic() + wait)
             held = _HELD.get()
             if held is not None and held.store in (None, self) and not held.busy:
-                with held.use(self) as conn:
+                with held.use(self, wait) as conn, self._within_deadline(conn):
                     yield conn
                 return
-            with self.pool().connection() as conn:
+            with self.pool().connection(timeout=wait) as conn:
                 try:
-                    yield conn
+                    with self._within_deadline(conn):
+                        yield conn
                 finally:
                     self._returned_at[conn] = time.monotonic()
         except ServiceError:
@@ -227,10 +248,10 @@ class _Held:
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     @contextmanager
-    def use(self, store: Store) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    def use(self, store: Store, wait: float) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         if self._conn is None:
             self.store = store
-            self._checkout = store.pool().connection()
+            self._checkout = store.pool().connection(timeout=wait)
             self._conn = self._checkout.__enter__()
         conn = self._conn
         self.busy = True

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import hvac
+import hvac.adapters
 import hvac.exceptions
 import requests
 
@@ -21,6 +22,15 @@ from service.errors import KeyServiceThrottled, KeyServiceUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class _WithinDeadline(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac is untyped
+    """Each Vault request waits at most its timeout, or what is left of the request's
+    deadline when that is less (a call started at 4.5 s of a 5 s deadline gets 0.5 s)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", deadline.bounded(self._kwargs["timeout"]))
+        return super().request(*args, **kwargs)
 
 
 class VaultClient:
@@ -69,7 +79,9 @@ class VaultClient:
 
     def _new_client(self) -> hvac.Client:
         token = self._file_token() if self._token_file else self._token
-        client = hvac.Client(url=self._addr, token=token, timeout=self._timeout)
+        client = hvac.Client(
+            url=self._addr, token=token, timeout=self._timeout, adapter=_WithinDeadline
+        )
         if self._role_id and self._secret_id:
             resp = client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)
             ttl = resp["auth"].get("lease_duration")
