@@ -155,6 +155,15 @@ class BudgetUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionCharge:
+    """A limited action counted, or refused, under the lock of the acting account."""
+
+    suspended: bool  # the account is suspended (or not in its tenant): nothing counted
+    allowed: bool  # counted (a repeat of a patient already in the window is free)
+    oldest: datetime | None  # the window's oldest action: when room comes back
+
+
+@dataclass(frozen=True, slots=True)
 class Approval:
     """A weakening admin action waiting for a second admin (service/access/approvals.py)."""
 

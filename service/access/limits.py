@@ -65,15 +65,19 @@ class ActionLimiter:
         # threshold). Suspension is re-checked once the lock is held. An action on another
         # account locks both rows in one call, in one order: locked one by one (own row
         # here, the target's by the action), admin A acting on B while B acts on A
-        # would deadlock.
-        targets = [target_principal_id] if target_principal_id else []
-        locked = tx.principals.lock_principals(p.tenant_id, [p.id, *targets]).get(p.id)
-        if locked is None or locked.suspended:
-            raise AccountSuspended()
-        allowed, oldest = tx.ledger.charge_action(
-            p.id, limit.kind, now, limit=limit.per_hour, patient_id=patient_id
+        # would deadlock. Lock and count go to the database as one call.
+        charge = tx.ledger.charge_action(
+            p.tenant_id,
+            p.id,
+            limit.kind,
+            now,
+            limit=limit.per_hour,
+            patient_id=patient_id,
+            also_lock=[target_principal_id] if target_principal_id else (),
         )
-        if allowed:
+        if charge.suspended:
+            raise AccountSuspended()
+        if charge.allowed:
             return
         scope = f"{limit.kind}-hour"
         self._audit.record(
@@ -96,6 +100,7 @@ class ActionLimiter:
                 principal_id=p.id,
             )
         tx.commit()
+        oldest = charge.oldest
         retry = math.ceil(((oldest + HOUR) - now).total_seconds()) if oldest else 60
         raise BudgetExceeded(
             f"The hourly limit of {limit.per_hour} {limit.what} is reached",

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from service.models import (
+    ActionCharge,
     Approval,
     AuditEvent,
     BudgetUsage,
@@ -48,13 +49,6 @@ class PrincipalsRepository(Protocol):
     ) -> bool: ...
 
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None: ...
-
-    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> dict[str, Principal]:
-        """Row-lock principals of one tenant at once, always in the same (id) order, so that
-        two transactions locking overlapping sets wait for each other instead of
-        deadlocking; the rows as locked, by id. Ids of other tenants (or of no one) lock
-        nothing and are absent."""
-        ...
 
     def principal_by_name(self, tenant_id: str, name: str) -> Principal | None: ...
 
@@ -191,13 +185,18 @@ class LedgerRepository(Protocol):
 
     def charge_action(
         self,
+        tenant_id: str,
         principal_id: str,
         kind: str,
         now: datetime,
         *,
         limit: int,
         patient_id: str | None = None,
-    ) -> tuple[bool, datetime | None]: ...
+        also_lock: Sequence[str] = (),
+    ) -> ActionCharge:
+        """Lock the acting account (with `also_lock`, in one id order, tenant only),
+        then count the action in its last hour, or refuse it past `limit`."""
+        ...
 
     def record_action(self, principal_id: str, kind: str, now: datetime) -> None: ...
 

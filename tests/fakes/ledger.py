@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from service.clock import DAY, HOUR
 from service.errors import TenantCapReached
 from service.models import (
+    ActionCharge,
     AuditEvent,
     BudgetUsage,
     Confirmation,
@@ -179,13 +181,25 @@ class FakeLedger(_Repo):
 
     def charge_action(
         self,
+        tenant_id: str,
         principal_id: str,
         kind: str,
         now: datetime,
         *,
         limit: int,
         patient_id: str | None = None,
-    ) -> tuple[bool, datetime | None]:
+        also_lock: Sequence[str] = (),
+    ) -> ActionCharge:
+        # One lock, in one order, as the database takes it (tenant only).
+        locked = sorted(
+            i
+            for i in {principal_id, *also_lock}
+            if (p := self.s.principals.get(i)) is not None and p.tenant_id == tenant_id
+        )
+        self.s.locked_principals.append(locked)
+        principal = self.s.principals.get(principal_id)
+        if principal_id not in locked or principal is None or principal.suspended:
+            return ActionCharge(suspended=True, allowed=False, oldest=None)
         window = [
             a
             for a in self.s.actions
@@ -196,8 +210,8 @@ class FakeLedger(_Repo):
         oldest = min((a[3] for a in window), default=None)
         if repeat or used < limit:
             self.s.actions.append((principal_id, kind, patient_id, now))
-            return True, oldest
-        return False, oldest
+            return ActionCharge(suspended=False, allowed=True, oldest=oldest)
+        return ActionCharge(suspended=False, allowed=False, oldest=oldest)
 
     def record_action(self, principal_id: str, kind: str, now: datetime) -> None:
         self.s.actions.append((principal_id, kind, None, now))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,7 @@ class State:
     approvals: dict[str, Approval] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
     actor: dict[str, Any] = field(default_factory=dict)
-    locked_principals: list[list[str]] = field(default_factory=list)  # each lock_principals
+    locked_principals: list[list[str]] = field(default_factory=list)  # each charge_action lock
 
 
 class _Repo:
@@ -96,15 +95,6 @@ class FakePrincipals(_Repo):
 
     def principal(self, principal_id: str, *, for_update: bool = False) -> Principal | None:
         return self.s.principals.get(principal_id)
-
-    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> dict[str, Principal]:
-        found = {
-            i: p
-            for i in sorted(set(principal_ids))
-            if (p := self.principal_in_tenant(tenant_id, i))
-        }
-        self.s.locked_principals.append(list(found))
-        return found
 
     def principal_in_tenant(
         self, tenant_id: str, principal_id: str, *, for_update: bool = False

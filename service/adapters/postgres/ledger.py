@@ -4,6 +4,7 @@ for the service; the database checks the tenant cap itself, migration 0005)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,7 @@ from service.errors import (
     TenantCapReached,
 )
 from service.models import (
+    ActionCharge,
     BudgetUsage,
     Confirmation,
     GateSnapshot,
@@ -210,46 +212,37 @@ class LedgerRepository(Repo):
 
     def charge_action(
         self,
+        tenant_id: str,
         principal_id: str,
         kind: str,
         now: datetime,
         *,
         limit: int,
         patient_id: str | None = None,
-    ) -> tuple[bool, datetime | None]:
-        """Count one limited action in the principal's last hour: (allowed, oldest).
+        also_lock: Sequence[str] = (),
+    ) -> ActionCharge:
+        """Lock, then count, in one call (migration 0028): (suspended, allowed, oldest).
         With a patient, only distinct patients count and a repeat is free."""
-        # A repeat (this patient already in the window) is answered from an index and
-        # never counts the window; only a new patient, or an action without one, does.
         row = self._one(
-            "WITH r AS (SELECT %(pt)s::uuid IS NOT NULL AND EXISTS (SELECT 1"
-            "   FROM principal_actions WHERE principal_id = %(p)s AND kind = %(k)s"
-            "   AND patient_id = %(pt)s AND at > %(since)s AND at <= %(horizon)s) AS repeat),"
-            " s AS (SELECT r.repeat, CASE WHEN r.repeat THEN 0"
-            "   WHEN %(pt)s::uuid IS NULL THEN (SELECT count(*) FROM principal_actions"
-            "     WHERE principal_id = %(p)s AND kind = %(k)s"
-            "     AND at > %(since)s AND at <= %(horizon)s)"
-            "   ELSE (SELECT count(DISTINCT patient_id) FROM principal_actions"
-            "     WHERE principal_id = %(p)s AND kind = %(k)s"
-            "     AND at > %(since)s AND at <= %(horizon)s) END AS used,"
-            "   (SELECT min(at) FROM principal_actions WHERE principal_id = %(p)s"
-            "     AND kind = %(k)s AND at > %(since)s AND at <= %(horizon)s) AS oldest FROM r),"
-            " ins AS (INSERT INTO principal_actions (principal_id, kind, patient_id, at)"
-            "   SELECT %(p)s, %(k)s, %(pt)s, %(now)s FROM s WHERE s.repeat OR s.used < %(limit)s"
-            "   RETURNING 1)"
-            " SELECT s.used, s.repeat, s.oldest, (SELECT count(*) FROM ins) AS charged FROM s",
-            {
-                "p": principal_id,
-                "k": kind,
-                "pt": patient_id,
-                "now": now,
-                "since": now - HOUR,
-                "horizon": now + CLOCK_SKEW,
-                "limit": limit,
-            },
+            "SELECT * FROM sealednotes_charge_action(%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s)",
+            (
+                tenant_id,
+                [principal_id, *also_lock],
+                principal_id,
+                kind,
+                patient_id,
+                now,
+                now - HOUR,
+                now + CLOCK_SKEW,
+                limit,
+            ),
         )
         assert row is not None
-        return bool(row["charged"]), row["oldest"]
+        return ActionCharge(
+            suspended=not row["locked"] or bool(row["suspended"]),
+            allowed=bool(row["charged"]),
+            oldest=row["oldest"],
+        )
 
     def record_action(self, principal_id: str, kind: str, now: datetime) -> None:
         self.conn.execute(

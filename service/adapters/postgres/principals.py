@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime
 
 from service.adapters.postgres.base import (
@@ -37,17 +36,6 @@ class PrincipalsRepository(Repo):
             (principal_id,),
         )
         return _principal(row) if row else None
-
-    def lock_principals(self, tenant_id: str, principal_ids: Sequence[str]) -> dict[str, Principal]:
-        # Rows are locked as the sorted scan returns them (LockRows above Sort): one order
-        # for every caller. The tenant filter: an id from a URL never locks another
-        # tenant's account.
-        rows = self._all(
-            f"SELECT {PRINCIPAL_COLUMNS} FROM principals p"
-            " WHERE p.id = ANY(%s::uuid[]) AND p.tenant_id = %s ORDER BY p.id FOR NO KEY UPDATE",
-            (list(principal_ids), tenant_id),
-        )
-        return {(p := _principal(row)).id: p for row in rows}
 
     def principal_by_name(self, tenant_id: str, name: str) -> Principal | None:
         row = self._one(

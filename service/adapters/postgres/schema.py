@@ -111,6 +111,8 @@ APP_FUNCTIONS = (
     "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)",
     "sealednotes_audit_append_batch(integer, uuid[], uuid[], text[], uuid[], uuid[], text[],"
     " text[], text[], text[], text[])",
+    "sealednotes_charge_action(uuid, uuid[], uuid, text, uuid, timestamptz, timestamptz,"
+    " timestamptz, integer)",
 )
 MAINTENANCE_FUNCTIONS = ("sealednotes_prune(interval)", "sealednotes_destroy_due_keys()")
 
