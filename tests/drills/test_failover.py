@@ -383,8 +383,10 @@ def test_d_replica_network_cut(world: World) -> None:
     record("network_cut_replica_answer_seconds", [round(x, 2) for x in latencies])
     record("network_cut_replica_max_answer_seconds", round(max(latencies), 2))
     assert statuses == [503] * 6, statuses
-    # Within the service's 5 s request deadline (+ the client's own overhead).
-    assert max(latencies) < 5.5, latencies
+    # Within one 2 s dependency timeout (a checkout checks its idle connections within
+    # its own wait), well inside the 5 s deadline; the kernel lets a lost packet's
+    # tcp_user_timeout run ~0.45 s over.
+    assert max(latencies) < 3.0, latencies
     assert ready == 503
     recovered = wait_for(
         "the cut replica serving again",

@@ -1,38 +1,89 @@
 """A request near its deadline waits on the database only for what it has left: a
-connection checkout, and a silent server (tcp_user_timeout), are bounded by the
-deadline, so the 503 comes within it (service/adapters/postgres/store.py, tcp.py).
-The network cut itself is drilled in tests/drills/test_failover.py."""
+connection checkout (its idle-connection checks included), and a silent server
+(the socket's TCP_USER_TIMEOUT, over the unit of work and its COMMIT), are bounded
+by the deadline, so the 503 comes within it (service/adapters/postgres/store.py,
+tcp.py). The network cut itself is drilled in tests/drills/test_failover.py."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 import psycopg_pool
 import pytest
 
 from service import deadline
 from service.adapters.postgres import Store, tcp
-from service.errors import ServiceUnavailable
+from service.errors import DatabaseUnavailable, ServiceUnavailable
+
+
+@pytest.fixture(scope="module")
+def tcp_db_url(app_db_url: str) -> Iterator[str]:
+    """The test database over TCP (the option under test is TCP's): as given, or, for
+    the embedded server on a Unix socket, through a forwarder on loopback."""
+    params = psycopg.conninfo.conninfo_to_dict(app_db_url)
+    host = str(params.get("host") or "")
+    if host and not host.startswith("/"):
+        yield app_db_url
+        return
+    path = f"{host or '/tmp'}/.s.PGSQL.{params.get('port') or 5432}"
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed: the module is done
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(path)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    params.update(host="127.0.0.1", port=str(listener.getsockname()[1]))
+    try:
+        yield psycopg.conninfo.make_conninfo(**params)
+    finally:
+        listener.close()
 
 
 @pytest.fixture
-def one_connection_store(app_db_url: str) -> Iterator[Store]:
-    store = Store(app_db_url, min_size=1, max_size=1, timeout=2.0)
+def one_connection_store(tcp_db_url: str) -> Iterator[Store]:
+    store = Store(tcp_db_url, min_size=1, max_size=1, timeout=2.0)
     try:
         yield store
     finally:
         store.close()
 
 
-def _checkout_seconds(store: Store) -> float:
+def _user_timeout(conn: psycopg.Connection[Any]) -> int:
+    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+
+
+def _checkout_fails(store: Store) -> tuple[type[Exception], float]:
     started = time.monotonic()
-    with pytest.raises(ServiceUnavailable), store.transaction():
+    with pytest.raises(ServiceUnavailable) as failed, store.transaction():
         pass
-    return time.monotonic() - started
+    return failed.type, time.monotonic() - started
 
 
 def test_a_checkout_waits_only_for_what_is_left_of_the_deadline(
@@ -45,24 +96,21 @@ def test_a_checkout_waits_only_for_what_is_left_of_the_deadline(
     try:
         token = deadline.start(0.4)
         try:
-            near = _checkout_seconds(store)
+            near, near_seconds = _checkout_fails(store)
         finally:
             deadline.reset(token)
-        full = _checkout_seconds(store)  # outside a request: the 2 s database timeout
+        full, full_seconds = _checkout_fails(store)  # outside a request: 2 s
     finally:
         store.pool().putconn(taken)
-    assert near < 1.2, near
-    assert full >= 1.9, full
+    assert near_seconds < 1.2, near_seconds
+    assert full_seconds >= 1.9, full_seconds
+    # The request's own time ran out, not the database: no dependency alarm.
+    assert near is deadline.DeadlineExceeded
+    assert full is DatabaseUnavailable
 
 
-def _user_timeout(conn: psycopg.Connection[Any]) -> int:
-    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as s:
-        return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-
-
-def test_a_silent_server_fails_the_connection_within_what_is_left(app_db_url: str) -> None:
-    with psycopg.connect(app_db_url, tcp_user_timeout=2000) as conn:
-        assert not str(conn.info.host).startswith("/"), "needs a TCP connection"
+def test_a_silent_server_fails_the_connection_within_what_is_left(tcp_db_url: str) -> None:
+    with psycopg.connect(tcp_db_url, tcp_user_timeout=2000) as conn:
         assert _user_timeout(conn) == 2000
         with tcp.acknowledged_within(conn, 0.3):
             assert _user_timeout(conn) == 300
@@ -72,30 +120,43 @@ def test_a_silent_server_fails_the_connection_within_what_is_left(app_db_url: st
             assert _user_timeout(conn) == 2000
 
 
-def test_a_unit_of_work_near_the_deadline_runs_with_the_shorter_bound(
-    one_connection_store: Store,
+def test_a_unit_of_work_near_the_deadline_runs_with_the_shorter_bound_to_its_commit(
+    one_connection_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = one_connection_store
+    at_commit: list[int] = []
+    commit = psycopg.Connection.commit
+
+    def observed_commit(self: psycopg.Connection[Any]) -> None:
+        at_commit.append(_user_timeout(self))
+        commit(self)
+
+    monkeypatch.setattr(psycopg.Connection, "commit", observed_commit)
     with store.transaction() as tx:
         full = _user_timeout(tx.conn)
     token = deadline.start(0.5)
     try:
-        with store.transaction() as tx:
+        with store.transaction() as tx:  # a checkout of its own
             near = _user_timeout(tx.conn)
+        with store.request_scope(), store.transaction() as tx:  # the request's connection
+            held = _user_timeout(tx.conn)
     finally:
         deadline.reset(token)
     with store.transaction() as tx:
         after = _user_timeout(tx.conn)
     assert full == after == 2000
-    assert 0 < near <= 500
+    assert 0 < near <= 500 and 0 < held <= 500
+    # COMMIT: outside a request, both near the deadline (pool and held paths), after.
+    assert at_commit[0] == at_commit[3] == 2000, at_commit
+    assert all(0 < t <= 500 for t in at_commit[1:3]), at_commit
 
 
 def test_an_idle_connection_is_checked_within_the_checkout_wait(
-    app_db_url: str, monkeypatch: pytest.MonkeyPatch
+    tcp_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a cut network every idle connection's check would hang a whole timeout,
     one after the other; each runs within what is left of the checkout's wait."""
-    store = Store(app_db_url, min_size=1, max_size=1, timeout=2.0)
+    store = Store(tcp_db_url, min_size=1, max_size=1, timeout=2.0)
     seen: list[int] = []
     checked = psycopg_pool.ConnectionPool.check_connection
 
@@ -118,8 +179,8 @@ def test_an_idle_connection_is_checked_within_the_checkout_wait(
         assert len(seen) == 1 and 0 < seen[0] <= 400, seen
         assert _user_timeout(conn) == 2000  # restored after the check
         store._returned_at[conn] = 0.0
-        with store.transaction():  # outside a request: the checkout's 2 s wait
+        with store.transaction():  # outside a request: the whole 2 s, libpq's own bound
             pass
-        assert 1900 <= seen[1] <= 2000, seen
+        assert seen[1] == 2000, seen
     finally:
         store.close()

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import psycopg.conninfo
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _HELD: ContextVar[_Held | None] = ContextVar("sealednotes_request_connection", default=None)
 # When the checkout under way in this thread must end (its idle checks included).
 _CHECKOUT_ENDS: ContextVar[float | None] = ContextVar("sealednotes_checkout_ends", default=None)
+# A wait this much shorter than the database timeout is worth lowering the socket's bound.
+_SHORTER = 0.05
 
 
 # A server that stops answering is an error within seconds (TCP over a network).
@@ -145,14 +147,15 @@ class Store:
         left = self._timeout if ends is None else min(self._timeout, ends - now)
         if left <= 0:
             raise psycopg_pool.PoolTimeout("no time left to check an idle connection")
-        with tcp.acknowledged_within(conn, left) if left < self._timeout else nullcontext():
+        shortened = left < self._timeout - _SHORTER
+        with tcp.acknowledged_within(conn, left) if shortened else nullcontext():
             psycopg_pool.ConnectionPool.check_connection(conn)
 
     def _within_deadline(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
         """A request with less than a database timeout left waits on a silent server
         only for what it has left (tcp.py); otherwise libpq's own bounds hold."""
         wait = deadline.bounded(self._timeout)
-        if wait >= self._timeout:
+        if wait >= self._timeout - _SHORTER:
             return nullcontext()
         return tcp.acknowledged_within(conn, wait)
 
@@ -195,28 +198,49 @@ class Store:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        wait = self._timeout
         try:
             wait = deadline.bounded(self._timeout)
-            _CHECKOUT_ENDS.set(time.monotonic() + wait)
             held = _HELD.get()
             if held is not None and held.store in (None, self) and not held.busy:
-                with held.use(self, wait) as conn, self._within_deadline(conn):
+                with held.use(self, wait) as conn:
                     yield conn
                 return
-            with self.pool().connection(timeout=wait) as conn:
-                try:
-                    with self._within_deadline(conn):
-                        yield conn
-                finally:
-                    self._returned_at[conn] = time.monotonic()
+            pool = self.pool()
+            conn = self._checkout(pool, wait)
+            try:
+                # The bound covers the COMMIT (or ROLLBACK) that `with conn` ends with.
+                with self._within_deadline(conn), conn:
+                    yield conn
+            finally:
+                self._returned_at[conn] = time.monotonic()
+                pool.putconn(conn)
         except ServiceError:
             raise
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
-            log.warning("database unavailable: %s", type(e).__name__)
-            raise DatabaseUnavailable() from e
+            self._unavailable(e, shortened=wait < self._timeout)
         except psycopg.errors.QueryCanceled as e:
             log.warning("database statement timed out")
             raise DatabaseUnavailable() from e
+
+    def _checkout(
+        self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]], wait: float
+    ) -> psycopg.Connection[dict[str, Any]]:
+        token = _CHECKOUT_ENDS.set(time.monotonic() + wait)
+        try:
+            return pool.getconn(timeout=wait)
+        finally:
+            _CHECKOUT_ENDS.reset(token)
+
+    @staticmethod
+    def _unavailable(error: Exception, *, shortened: bool) -> NoReturn:
+        # A wait the deadline cut short, that ran out: the request's own time is spent
+        # (perhaps on an earlier slow call), which is not the database failing.
+        left = deadline.remaining()
+        if shortened and left is not None and left <= 0.05:
+            raise deadline.DeadlineExceeded() from error
+        log.warning("database unavailable: %s", type(error).__name__)
+        raise DatabaseUnavailable() from error
 
     # -- schema --------------------------------------------------------------------
 
@@ -244,41 +268,41 @@ class _Held:
     def __init__(self) -> None:
         self.store: Store | None = None
         self.busy = False
-        self._checkout: AbstractContextManager[psycopg.Connection[dict[str, Any]]] | None = None
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     @contextmanager
     def use(self, store: Store, wait: float) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         if self._conn is None:
             self.store = store
-            self._checkout = store.pool().connection(timeout=wait)
-            self._conn = self._checkout.__enter__()
+            self._conn = store._checkout(store.pool(), wait)
         conn = self._conn
         self.busy = True
         try:
-            yield conn
-        except BaseException:
-            # As the pool does when a checkout ends in an error: roll back; a broken
-            # connection is dropped now (the next unit of work checks out afresh).
-            if conn.broken or conn.closed:
-                self.release(error=True)
-            else:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
-            raise
-        else:
-            conn.commit()
+            # The bound covers the unit of work's COMMIT or ROLLBACK too.
+            with store._within_deadline(conn):
+                try:
+                    yield conn
+                except BaseException:
+                    # As the pool does when a checkout ends in an error: roll back; a
+                    # broken connection is dropped now (the next unit of work checks
+                    # out afresh).
+                    if conn.broken or conn.closed:
+                        self.release()
+                    else:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.rollback()
+                    raise
+                else:
+                    conn.commit()
         finally:
             self.busy = False
 
-    def release(self, *, error: bool = False) -> None:
-        checkout, conn = self._checkout, self._conn
-        self._checkout = self._conn = None
-        if checkout is None or conn is None:
+    def release(self) -> None:
+        """Back to the pool (which discards a broken connection, and rolls back one
+        left in a transaction)."""
+        store, conn = self.store, self._conn
+        self._conn = None
+        if store is None or conn is None:
             return
-        assert self.store is not None
-        self.store._returned_at[conn] = time.monotonic()
-        if error:
-            checkout.__exit__(psycopg.OperationalError, psycopg.OperationalError(), None)
-        else:
-            checkout.__exit__(None, None, None)
+        store._returned_at[conn] = time.monotonic()
+        store.pool().putconn(conn)
