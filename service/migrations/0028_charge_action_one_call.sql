@@ -4,6 +4,8 @@
 -- of the transaction that held it. In a VOLATILE PL/pgSQL function each statement
 -- takes a fresh snapshot, so the count below sees everything committed before the
 -- lock was granted, as the two statements sent one after the other did.
+-- One call is one statement for statement_timeout: the lock's wait and the count share
+-- its 2 s (lock_timeout, also 2 s, still ends a long wait for the lock).
 -- SECURITY INVOKER: the application role's own rights, nothing more.
 CREATE FUNCTION sealednotes_charge_action(
     p_tenant_id uuid, p_lock uuid[], p_principal_id uuid, p_kind text, p_patient_id uuid,

@@ -184,3 +184,33 @@ def test_an_idle_connection_is_checked_within_the_checkout_wait(
         assert seen[1] == 2000, seen
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("request_connection", [False, True], ids=["own", "request's"])
+def test_past_the_deadline_nothing_is_committed_and_no_transaction_is_carried_on(
+    one_connection_store: Store, request_connection: bool
+) -> None:
+    store = one_connection_store
+    with store.transaction() as tx:  # a table of this session (the pool's one connection)
+        tx.conn.execute("CREATE TEMP TABLE IF NOT EXISTS deadline_probe (x int)")
+    with store.request_scope() if request_connection else contextlib.nullcontext():
+        token = deadline.start(0.3)
+        try:
+            with pytest.raises(deadline.DeadlineExceeded), store.transaction() as tx:
+                tx.conn.execute("INSERT INTO deadline_probe VALUES (1)")
+                time.sleep(0.4)  # the work outlasted the request: no COMMIT
+        finally:
+            deadline.reset(token)
+        with store.transaction() as tx:
+            row = tx.conn.execute("SELECT count(*) AS n FROM deadline_probe").fetchone()
+    assert row is not None and row["n"] == 0
+
+
+def test_a_request_ending_after_its_store_closed_loses_no_connection(tcp_db_url: str) -> None:
+    store = Store(tcp_db_url, min_size=1, max_size=1, timeout=2.0)
+    with store.request_scope():
+        with store.transaction() as tx:
+            tx.conn.execute("SELECT 1")
+        pool = store.pool()
+        store.close()  # shutdown while a request holds a connection
+    assert pool.closed

@@ -159,6 +159,26 @@ class Store:
             return nullcontext()
         return tcp.acknowledged_within(conn, wait)
 
+    @contextmanager
+    def _unit_of_work(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """The block, then its COMMIT, each within what is left of the deadline at that
+        moment: time spent inside (a Vault call) shortens the COMMIT's bound too, and
+        past the deadline nothing is committed. Anything else ends in a ROLLBACK, so a
+        request's held connection never carries a transaction into its next one."""
+        committed = False
+        try:
+            with self._within_deadline(conn):
+                yield
+            with self._within_deadline(conn):
+                conn.commit()
+            committed = True
+        finally:
+            if not committed and not (conn.broken or conn.closed):
+                left = deadline.remaining()
+                bound = self._timeout if left is None else max(_SHORTER, min(left, self._timeout))
+                with contextlib.suppress(psycopg.Error), tcp.acknowledged_within(conn, bound):
+                    conn.rollback()
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None and self._pid == os.getpid():
@@ -209,19 +229,16 @@ class Store:
             pool = self.pool()
             conn = self._checkout(pool, wait)
             try:
-                # The bound covers the COMMIT (or ROLLBACK) that `with conn` ends with.
-                with self._within_deadline(conn), conn:
+                with self._unit_of_work(conn):
                     yield conn
             finally:
                 self._returned_at[conn] = time.monotonic()
-                pool.putconn(conn)
+                pool.putconn(conn)  # rolls back what a failed COMMIT left open
         except ServiceError:
             raise
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            # Statement and lock timeouts (QueryCanceled) are OperationalErrors too.
             self._unavailable(e, shortened=wait < self._timeout)
-        except psycopg.errors.QueryCanceled as e:
-            log.warning("database statement timed out")
-            raise DatabaseUnavailable() from e
 
     def _checkout(
         self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]], wait: float
@@ -234,12 +251,13 @@ class Store:
 
     @staticmethod
     def _unavailable(error: Exception, *, shortened: bool) -> NoReturn:
-        # A wait the deadline cut short, that ran out: the request's own time is spent
-        # (perhaps on an earlier slow call), which is not the database failing.
-        left = deadline.remaining()
-        if shortened and left is not None and left <= 0.05:
-            raise deadline.DeadlineExceeded() from error
         log.warning("database unavailable: %s", type(error).__name__)
+        # A wait the deadline cut short, that ran out: the request's own time is spent
+        # (perhaps on an earlier slow call), and the database may be fine. Logged above
+        # either way: in an outage a request's first wait is a whole one and reports it.
+        left = deadline.remaining()
+        if shortened and left is not None and left <= _SHORTER:
+            raise deadline.DeadlineExceeded() from error
         raise DatabaseUnavailable() from error
 
     # -- schema --------------------------------------------------------------------
@@ -268,41 +286,32 @@ class _Held:
     def __init__(self) -> None:
         self.store: Store | None = None
         self.busy = False
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     @contextmanager
     def use(self, store: Store, wait: float) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         if self._conn is None:
-            self.store = store
-            self._conn = store._checkout(store.pool(), wait)
+            self.store, self._pool = store, store.pool()
+            self._conn = store._checkout(self._pool, wait)
         conn = self._conn
         self.busy = True
         try:
-            # The bound covers the unit of work's COMMIT or ROLLBACK too.
-            with store._within_deadline(conn):
-                try:
-                    yield conn
-                except BaseException:
-                    # As the pool does when a checkout ends in an error: roll back; a
-                    # broken connection is dropped now (the next unit of work checks
-                    # out afresh).
-                    if conn.broken or conn.closed:
-                        self.release()
-                    else:
-                        with contextlib.suppress(psycopg.Error):
-                            conn.rollback()
-                    raise
-                else:
-                    conn.commit()
+            with store._unit_of_work(conn):
+                yield conn
         finally:
             self.busy = False
+            # A broken connection (a failed statement or COMMIT) is dropped now: the
+            # next unit of work of the request checks out afresh.
+            if conn.broken or conn.closed:
+                self.release()
 
     def release(self) -> None:
-        """Back to the pool (which discards a broken connection, and rolls back one
-        left in a transaction)."""
-        store, conn = self.store, self._conn
+        """Back to the pool it came from (which discards a broken connection, and rolls
+        back one left in a transaction)."""
+        store, pool, conn = self.store, self._pool, self._conn
         self._conn = None
-        if store is None or conn is None:
+        if store is None or pool is None or conn is None:
             return
         store._returned_at[conn] = time.monotonic()
-        store.pool().putconn(conn)
+        pool.putconn(conn)
