@@ -17,6 +17,12 @@ DECLARE
     v_locked boolean := false;
     v_suspended boolean := false;
 BEGIN
+    -- The count must see every action committed before the lock was granted: a
+    -- REPEATABLE READ (or SERIALIZABLE) snapshot, taken before the wait, would not, and
+    -- concurrent calls would pass the limit. The service always reads committed.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'limited actions are charged at READ COMMITTED only' USING ERRCODE = 'SN409';
+    END IF;
     -- The caller's row and any target's, in id order (one order for every caller: an
     -- admin acting on another admin who acts back cannot deadlock), in its tenant only.
     FOR r IN

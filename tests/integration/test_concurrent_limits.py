@@ -8,9 +8,12 @@ lookups. Each charge is serialised per principal, so the counts are exact."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
+import pytest
 import requests
 
 from service.models import Role
@@ -76,3 +79,20 @@ def test_concurrent_actions_stop_exactly_at_the_hourly_limit(
     )
     assert sorted(set(removals)) == [204, 429], removals
     assert removals.count(204) == 7
+
+
+def test_limited_actions_are_charged_only_at_read_committed(app_db_url: str) -> None:
+    """The charge locks the account, then counts on a fresh snapshot: a REPEATABLE READ
+    (or SERIALIZABLE) transaction would count on the snapshot taken before its wait, and
+    concurrent calls would pass the limit (measured: 3 rows under a limit of 2)."""
+    some = str(uuid.uuid4())
+    for level in ("REPEATABLE READ", "SERIALIZABLE"):
+        with psycopg.connect(app_db_url) as conn:
+            conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
+            with pytest.raises(psycopg.Error) as raised:
+                conn.execute(
+                    "SELECT * FROM sealednotes_charge_action(%s, %s::uuid[], %s, 'write',"
+                    " NULL, now(), now() - interval '1 hour', now(), 10)",
+                    (some, [some], some),
+                )
+            assert raised.value.sqlstate == "SN409"
