@@ -233,7 +233,7 @@ class Store:
                     yield conn
             finally:
                 self._returned_at[conn] = time.monotonic()
-                pool.putconn(conn)  # rolls back what a failed COMMIT left open
+                pool.putconn(conn)  # a broken connection is discarded there
         except ServiceError:
             raise
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
