@@ -144,20 +144,25 @@ class Store:
         if now - self._returned_at.get(conn, 0.0) <= IDLE_CHECK_SECONDS:
             return
         ends = _CHECKOUT_ENDS.get()
-        left = self._timeout if ends is None else min(self._timeout, ends - now)
+        left = self._timeout if ends is None else ends - now
         if left <= 0:
             raise psycopg_pool.PoolTimeout("no time left to check an idle connection")
-        shortened = left < self._timeout - _SHORTER
-        with tcp.acknowledged_within(conn, left) if shortened else nullcontext():
+        with self._silence_bound(conn, left):
             psycopg_pool.ConnectionPool.check_connection(conn)
+
+    def _silence_bound(
+        self, conn: psycopg.Connection[Any], seconds: float
+    ) -> AbstractContextManager[None]:
+        """Wait on a silent server only `seconds` (tcp.py) when that is shorter than the
+        database timeout; otherwise libpq's own bounds hold."""
+        if seconds >= self._timeout - _SHORTER:
+            return nullcontext()
+        return tcp.acknowledged_within(conn, seconds)
 
     def _within_deadline(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
         """A request with less than a database timeout left waits on a silent server
-        only for what it has left (tcp.py); otherwise libpq's own bounds hold."""
-        wait = deadline.bounded(self._timeout)
-        if wait >= self._timeout - _SHORTER:
-            return nullcontext()
-        return tcp.acknowledged_within(conn, wait)
+        only for what it has left. Raises DeadlineExceeded when nothing is."""
+        return self._silence_bound(conn, deadline.bounded(self._timeout))
 
     @contextmanager
     def _unit_of_work(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
@@ -174,9 +179,10 @@ class Store:
             committed = True
         finally:
             if not committed and not (conn.broken or conn.closed):
+                # Even past the deadline: a short bound rather than none.
                 left = deadline.remaining()
-                bound = self._timeout if left is None else max(_SHORTER, min(left, self._timeout))
-                with contextlib.suppress(psycopg.Error), tcp.acknowledged_within(conn, bound):
+                bound = self._timeout if left is None else max(_SHORTER, left)
+                with contextlib.suppress(psycopg.Error), self._silence_bound(conn, bound):
                     conn.rollback()
 
     def close(self) -> None:
@@ -218,9 +224,8 @@ class Store:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        wait = self._timeout
+        wait = deadline.bounded(self._timeout)
         try:
-            wait = deadline.bounded(self._timeout)
             held = _HELD.get()
             if held is not None and held.store in (None, self) and not held.busy:
                 with held.use(self, wait) as conn:
