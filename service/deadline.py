@@ -34,12 +34,6 @@ def remaining() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def check() -> None:
-    left = remaining()
-    if left is not None and left <= 0:
-        raise DeadlineExceeded()
-
-
 def bounded(seconds: float) -> float:
     """How long a dependency call may wait: `seconds`, or what is left of the
     request's deadline when that is less. Raises DeadlineExceeded when nothing is."""
