@@ -10,12 +10,11 @@
 CREATE FUNCTION sealednotes_charge_action(
     p_tenant_id uuid, p_lock uuid[], p_principal_id uuid, p_kind text, p_patient_id uuid,
     p_now timestamptz, p_since timestamptz, p_horizon timestamptz, p_limit integer
-) RETURNS TABLE (locked boolean, suspended boolean, charged boolean, oldest timestamptz)
+) RETURNS TABLE (suspended boolean, charged boolean, oldest timestamptz)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     r record;
-    v_locked boolean := false;
-    v_suspended boolean := false;
+    v_suspended boolean := true;  -- until the caller's row is found, active, in its tenant
 BEGIN
     -- The count must see every action committed before the lock was granted: a
     -- REPEATABLE READ (or SERIALIZABLE) snapshot, taken before the wait, would not, and
@@ -31,12 +30,11 @@ BEGIN
         ORDER BY p.id FOR NO KEY UPDATE
     LOOP
         IF r.id = p_principal_id THEN
-            v_locked := true;
             v_suspended := r.suspended_at IS NOT NULL;
         END IF;
     END LOOP;
-    IF NOT v_locked OR v_suspended THEN
-        RETURN QUERY SELECT v_locked, v_suspended, false, NULL::timestamptz;
+    IF v_suspended THEN
+        RETURN QUERY SELECT true, false, NULL::timestamptz;
         RETURN;
     END IF;
     -- A repeat (this patient already in the window) is answered from an index and never
@@ -70,7 +68,7 @@ BEGIN
         WHERE s.repeat OR s.used < p_limit
         RETURNING 1
     )
-    SELECT true, false, (SELECT count(*) FROM ins) > 0, s.oldest FROM s;
+    SELECT false, (SELECT count(*) FROM ins) > 0, s.oldest FROM s;
 END
 $$;
 REVOKE ALL ON FUNCTION sealednotes_charge_action(

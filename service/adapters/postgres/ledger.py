@@ -221,7 +221,7 @@ class LedgerRepository(Repo):
         patient_id: str | None = None,
         also_lock: Sequence[str] = (),
     ) -> ActionCharge:
-        """Lock, then count, in one call (migration 0028): (suspended, allowed, oldest).
+        """Lock, then count, in one call (migration 0028).
         With a patient, only distinct patients count and a repeat is free."""
         row = self._one(
             "SELECT * FROM sealednotes_charge_action(%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s)",
@@ -239,9 +239,7 @@ class LedgerRepository(Repo):
         )
         assert row is not None
         return ActionCharge(
-            suspended=not row["locked"] or bool(row["suspended"]),
-            allowed=bool(row["charged"]),
-            oldest=row["oldest"],
+            suspended=row["suspended"], allowed=row["charged"], oldest=row["oldest"]
         )
 
     def record_action(self, principal_id: str, kind: str, now: datetime) -> None:
