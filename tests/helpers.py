@@ -6,6 +6,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -196,3 +198,14 @@ def seed_patients(
                     ).encode()
                     copy.write_row((note, 1, seal(k, body, aad=aad), clinicians[0].id, now))
     return patients
+
+
+def assert_refused_outside_read_committed(url: str, statement: str, params: Any) -> None:
+    """The database refuses `statement` (SN409) at REPEATABLE READ and SERIALIZABLE:
+    its count would use a snapshot older than the rows other sessions committed."""
+    for level in ("REPEATABLE READ", "SERIALIZABLE"):
+        with psycopg.connect(url) as conn:
+            conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
+            with pytest.raises(psycopg.Error) as raised:
+                conn.execute(statement, params)
+            assert raised.value.sqlstate == "SN409"
