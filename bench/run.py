@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the warm read's flame graph (py-spy, SVG)",
     )
     p.add_argument("--flame-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--flame-case",
+        choices=("read", "create"),
+        default="read",
+        help="the request profiled for the flame graph (default: the warm read)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and data for a look")
     args = p.parse_args(argv)
     args.only = {c.strip() for c in args.only.split(",") if c.strip()}
@@ -209,10 +215,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "read", data.read_requests(), servers, stack, args, workdir
                 )
             if "flame" in args.only:
-                log(f"flame graph of the warm read ({args.flame_seconds:g} s under load)")
+                log(f"flame graph of the {args.flame_case} ({args.flame_seconds:g} s under load)")
                 svg = flame.record_flame_graph(
                     servers["sealednotes"],
-                    data.read_requests(),
+                    data.create_requests() if args.flame_case == "create" else data.read_requests(),
                     out=args.flame_out,
                     seconds=args.flame_seconds,
                     connections=args.connections,
