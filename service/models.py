@@ -213,3 +213,14 @@ class OAuthClient:
     principal: Principal
     jwks: dict[str, Any] | None
     jwks_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteGrant:
+    """A write the gate allowed: to whom, how ("care-team" or "break-glass"), when,
+    and the patient's wrapped key as read with the grant (None: no key yet)."""
+
+    patient: Patient
+    via: str
+    now: datetime
+    key: PatientKeyRow | None

@@ -6,9 +6,9 @@ Every path that returns note content goes through `KeyReleaseGate.release`:
              -> budget -> unwrap (or cache) -> audit record
 
 and decrypts only after the transaction carrying the audit record commits.
-Writes go through `KeyReleaseGate.key_for_write`: same identity, access and
-decoy checks, audited, but no charge against the distinct-patient budget
-(a write returns no content).
+Writes go through `KeyReleaseGate.grant_write` and `key_for_write`: same identity,
+access and decoy checks, audited, but no charge against the distinct-patient
+budget (a write returns no content; the write limit charges it instead).
 
 Budgets are counted in PostgreSQL (`key_releases`), so every worker and replica
 shares them. A release of a patient already released to the same principal
@@ -23,12 +23,11 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from crypto import key_context
 from crypto.keywrap import KeyWrapper
 from service.access.budget import BudgetPolicy, BudgetStatus, Release
 from service.access.caller import Caller
 from service.access.incidents import TenantIncidents
-from service.access.keycache import KeyCache, cache_key
+from service.access.keycache import KeyCache
 from service.access.unwrap import KeyUnwrapper
 from service.access.warmread import is_warm_reread
 from service.adapters.alerts import Alerter
@@ -52,6 +51,7 @@ from service.models import (
     NoteVersionRow,
     Patient,
     Principal,
+    WriteGrant,
 )
 from service.ports import UnitOfWork
 
@@ -322,6 +322,29 @@ class KeyReleaseGate:
         self._metrics.key_releases.labels(outcome="granted").inc()
         return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
 
+    def grant_write(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient_id: str,
+        *,
+        action: str,
+        note_id: str | None = None,
+        confirm_token: bytes | None = None,
+    ) -> WriteGrant:
+        """A write's identity, access and decoy checks; a denial is audited, committed
+        and raised. Nothing is charged or unwrapped yet."""
+        now = self._clock.now()
+        patient, via, snap = self._access(
+            tx, caller, patient_id, now, action=action, note_id=note_id, confirm_token=confirm_token
+        )
+        return WriteGrant(patient, via, now, snap.key)
+
+    def cached_key(self, grant: WriteGrant) -> bytes | None:
+        """The granted patient's data key if this worker holds it already: no key leaves
+        Vault for it, so the write may be charged and made in one call (NotesService)."""
+        return self._unwrapper.cached(grant.patient, grant.key)
+
     def key_for_write(
         self,
         tx: UnitOfWork,
@@ -332,43 +355,23 @@ class KeyReleaseGate:
         note_id: str | None = None,
         charge: Callable[[datetime, str], None] | None = None,
         confirm_token: bytes | None = None,
+        grant: WriteGrant | None = None,
     ) -> tuple[Patient, bytes, str]:
-        """Access-check a write; return the patient, its data key (created if needed)
-        and how access was granted ("care-team" or "break-glass"). The caller audits
-        the write itself, once it knows the note id. `charge` (the write budget) runs
-        after the access check and before any key leaves Vault."""
-        now = self._clock.now()
-        patient, via, _snap = self._access(
-            tx, caller, patient_id, now, action=action, note_id=note_id, confirm_token=confirm_token
-        )
-        if charge is not None:
-            charge(now, patient.id)
-        key = self._unwrapper.unwrap(
-            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
-        )
-        if key is not None:
-            return patient, key, via
-        context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
-        new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
-        # The database records the new key (`key.create`), matched by `audit reconcile`
-        # to Vault's own record of the data-key creation.
-        self._audit.attribute(tx, caller)
-        if tx.keys.insert_patient_key(
-            patient.id, patient.tenant_id, new.wrapped.ciphertext, new.wrapped.key_version, now
-        ):
-            self._cache.put(
-                cache_key(
-                    patient.tenant_id, patient.id, new.wrapped.key_version, new.wrapped.ciphertext
-                ),
-                new.plaintext,
+        """Access-check a write (unless `grant`: checked already); return the patient,
+        its data key (created if needed) and how access was granted ("care-team" or
+        "break-glass"). The caller audits the write itself, once it knows the note id.
+        `charge` (the write limit) runs after the access check and before any key
+        leaves Vault."""
+        if grant is None:
+            grant = self.grant_write(
+                tx, caller, patient_id, action=action, note_id=note_id, confirm_token=confirm_token
             )
-            return patient, new.plaintext, via
-        # Another writer created the key first: use theirs.
-        key = self._unwrapper.unwrap(
-            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
+        if charge is not None:
+            charge(grant.now, grant.patient.id)
+        key = self._unwrapper.for_write(
+            tx, caller, grant.patient, grant.now, action=action, note_id=note_id
         )
-        assert key is not None
-        return patient, key, via
+        return grant.patient, key, grant.via
 
     def check_metadata_access(self, tx: UnitOfWork, caller: Caller, patient_id: str) -> Patient:
         """Access check for metadata-only reads: audited, no key release, no budget."""

@@ -15,7 +15,7 @@ from service.adapters.alerts import Alerter
 from service.audit.service import AuditLog
 from service.errors import IntegrityFailure, KeyServiceThrottled, ServiceError
 from service.metrics import Metrics
-from service.models import GateSnapshot, Patient
+from service.models import GateSnapshot, Patient, PatientKeyRow
 from service.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,56 @@ class KeyUnwrapper:
             reason=cause,
         )
         self._cache.put(ckey, key)
+        return key
+
+    def cached(self, patient: Patient, row: PatientKeyRow | None) -> bytes | None:
+        """The key if this worker holds it (no Vault call, so nothing to record)."""
+        if row is None:
+            return None
+        key = self._cache.get(
+            cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
+        )
+        if key is not None:
+            self._metrics.key_cache.labels(result="hit").inc()
+        return key
+
+    def for_write(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        now: datetime,
+        *,
+        action: str,
+        note_id: str | None,
+    ) -> bytes:
+        """The patient's key for a write, share-locked until commit (a re-key waits),
+        created when the patient has none yet."""
+        key = self.unwrap(
+            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
+        )
+        if key is not None:
+            return key
+        context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
+        new = self._keys.new_data_key(tenant_id=patient.tenant_id, context=context)
+        # The database records the new key (`key.create`), matched by `audit reconcile`
+        # to Vault's own record of the data-key creation.
+        self._audit.attribute(tx, caller)
+        if tx.keys.insert_patient_key(
+            patient.id, patient.tenant_id, new.wrapped.ciphertext, new.wrapped.key_version, now
+        ):
+            self._cache.put(
+                cache_key(
+                    patient.tenant_id, patient.id, new.wrapped.key_version, new.wrapped.ciphertext
+                ),
+                new.plaintext,
+            )
+            return new.plaintext
+        # Another writer created the key first: use theirs.
+        key = self.unwrap(
+            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
+        )
+        assert key is not None
         return key
 
     def _vault_throttled(

@@ -49,21 +49,48 @@ class AuditLog:
         principal_id: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        p = caller.principal if isinstance(caller, Caller) else None
-        operator = isinstance(caller, Operator)
         tx.audit.insert_audit_event(
-            AuditEvent(
+            self.event(
                 action=action,
                 outcome=outcome,
-                tenant_id=tenant_id or (p.tenant_id if p else None),
-                principal_id=principal_id or (p.id if p else None),
-                role=p.role.value if p else ("operator" if operator else None),
+                caller=caller,
+                tenant_id=tenant_id,
                 patient_id=patient_id,
                 note_id=note_id,
                 reason=reason,
-                request_id=caller.request_id if caller else request_id,
-                client_addr=caller.client_addr if caller else None,
-            ),
+                principal_id=principal_id,
+                request_id=request_id,
+            )
+        )
+
+    @staticmethod
+    def event(
+        *,
+        action: str,
+        outcome: str,
+        caller: Caller | Operator | None = None,
+        tenant_id: str | None = None,
+        patient_id: str | None = None,
+        note_id: str | None = None,
+        reason: str | None = None,
+        principal_id: str | None = None,
+        request_id: str | None = None,
+    ) -> AuditEvent:
+        """The record `record` appends, for a repository that appends it together with
+        the change it records (NotesRepository.insert_note_charged)."""
+        p = caller.principal if isinstance(caller, Caller) else None
+        operator = isinstance(caller, Operator)
+        return AuditEvent(
+            action=action,
+            outcome=outcome,
+            tenant_id=tenant_id or (p.tenant_id if p else None),
+            principal_id=principal_id or (p.id if p else None),
+            role=p.role.value if p else ("operator" if operator else None),
+            patient_id=patient_id,
+            note_id=note_id,
+            reason=reason,
+            request_id=caller.request_id if caller else request_id,
+            client_addr=caller.client_addr if caller else None,
         )
 
     def attribute(self, tx: UnitOfWork, actor: Actor, *, reason: str | None = None) -> None:

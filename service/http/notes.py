@@ -22,7 +22,7 @@ from service.http import (
 )
 from service.models import NoteRow
 from service.notes.sealing import NoteContent
-from service.notes.service import NoteView
+from service.notes.views import NoteView
 from service.schemas import NoteWrite, load
 
 bp = Blueprint("notes", __name__)

@@ -7,7 +7,6 @@ import hmac
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ from service.access.roles import Permission, require
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.errors import Conflict, IntegrityFailure, NotFound, PreconditionFailed
-from service.models import NoteRow, NoteVersionRow
+from service.models import NoteRow, NoteVersionRow, WriteGrant
 from service.notes.sealing import (
     NoteContent,
     decode,
@@ -27,31 +26,13 @@ from service.notes.sealing import (
     note_aad_for,
     request_digest,
 )
+from service.notes.views import DecryptedVersion, NotePage, NoteView
 from service.ports import Database, UnitOfWork
 
 if TYPE_CHECKING:
     from service.access.limits import ActionLimiter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DecryptedVersion:
-    row: NoteVersionRow
-    content: NoteContent
-
-
-@dataclass(frozen=True, slots=True)
-class NoteView:
-    note: NoteRow
-    content: NoteContent | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NotePage:
-    notes: list[NoteView]
-    next_after: tuple[datetime, str] | None
-    budget: BudgetStatus | None
 
 
 def _via_reason(via: str) -> str | None:
@@ -146,6 +127,20 @@ class NotesService:
         _require_clinician(caller)
         note_id = str(uuid.uuid4())
         with self._store.transaction() as tx:
+            grant = self._gate.grant_write(
+                tx,
+                caller,
+                patient_id,
+                action="note.create",
+                note_id=note_id,
+                confirm_token=confirm_token,
+            )
+            if idempotency_key is None:
+                note = self._create_in_one_call(
+                    tx, caller, grant, note_id, kind, content, encounter_at
+                )
+                if note is not None:
+                    return note, False
             patient, key, via = self._gate.key_for_write(
                 tx,
                 caller,
@@ -153,9 +148,9 @@ class NotesService:
                 action="note.create",
                 note_id=note_id,
                 charge=self._write_budget(tx, caller, "note.create"),
-                confirm_token=confirm_token,
+                grant=grant,
             )
-            now = self._clock.now()
+            now = grant.now
             if idempotency_key is not None:
                 digest = request_digest(key, patient.id, kind, content, encounter_at)
                 earlier = tx.notes.claim_idempotency_key(
@@ -202,6 +197,56 @@ class NotesService:
                 reason=_via_reason(via),
             )
             return note, False
+
+    def _create_in_one_call(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        grant: WriteGrant,
+        note_id: str,
+        kind: str,
+        content: NoteContent,
+        encounter_at: datetime | None,
+    ) -> NoteRow | None:
+        """The common create, when this worker holds the patient's data key (no Vault
+        call): charged to the write limit, written and recorded by one call. None when
+        that call wrote nothing (a suspension or the limit to answer, the key changed)
+        or could not be made: the ordinary path then takes each step, and refuses and
+        records what it must."""
+        key = self._gate.cached_key(grant)
+        if key is None or grant.key is None or self._limiter is None:
+            return None
+        patient, now = grant.patient, grant.now
+        note = NoteRow(
+            note_id,
+            patient.tenant_id,
+            patient.id,
+            kind,
+            "current",
+            1,
+            encounter_at,
+            caller.principal.id,
+            now,
+            now,
+        )
+        aad = note_aad(
+            tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1
+        )
+        created = tx.notes.insert_note_charged(
+            note,
+            sealed=seal(key, encode(content), aad=aad),
+            key=grant.key,
+            write_limit=self._limiter.write.per_hour,
+            record=self._audit.event(
+                action="note.create",
+                outcome="granted",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note_id,
+                reason=_via_reason(grant.via),
+            ),
+        )
+        return note if created else None
 
     def amend(
         self,

@@ -245,6 +245,21 @@ class NotesRepository(Protocol):
         """The note and its first version (`sealed`), together."""
         ...
 
+    def insert_note_charged(
+        self,
+        note: NoteRow,
+        *,
+        sealed: bytes,
+        key: PatientKeyRow,
+        write_limit: int,
+        record: AuditEvent,
+    ) -> bool:
+        """The note and its first version (`sealed` under `key`), charged to its author's
+        hourly write limit, with its audit record: all in one call, or nothing. False
+        when nothing was written: the author is suspended or at `write_limit`, or `key`
+        is no longer the patient's key. The caller then takes its ordinary path."""
+        ...
+
     def insert_note_version(
         self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime
     ) -> None: ...

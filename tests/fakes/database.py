@@ -14,6 +14,7 @@ from service.models import (
     AuditEvent,
     NoteRow,
     NoteVersionRow,
+    PatientKeyRow,
 )
 from tests.fakes.ledger import FakeLedger
 from tests.fakes.repositories import (
@@ -72,6 +73,47 @@ class FakeNotes(_Repo):
         self.s.notes[note_id] = note
         self.insert_note_version(note_id, 1, sealed, created_by, now)
         return note
+
+    def insert_note_charged(
+        self,
+        note: NoteRow,
+        *,
+        sealed: bytes,
+        key: PatientKeyRow,
+        write_limit: int,
+        record: AuditEvent,
+    ) -> bool:
+        """All or nothing, as the database's one statement: charged, key checked, the
+        note and its record written; otherwise the state as it was."""
+        self.db.one_call_creates += 1
+        before = copy.deepcopy(self.db.state)
+        charge = FakeLedger(self.db).charge_action(
+            note.tenant_id,
+            note.created_by,
+            "write",
+            note.created_at,
+            limit=write_limit,
+            patient_id=note.patient_id,
+        )
+        try:
+            if charge.suspended or not charge.allowed or self.s.keys.get(note.patient_id) != key:
+                self.db.state = before
+                return False
+            self.insert_note(
+                note.id,
+                note.tenant_id,
+                note.patient_id,
+                note.kind,
+                note.encounter_at,
+                note.created_by,
+                note.created_at,
+                sealed=sealed,
+            )
+            FakeAudit(self.db).insert_audit_event(record)
+        except Exception:
+            self.db.state = before
+            return False
+        return True
 
     def insert_note_version(
         self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime
@@ -166,6 +208,7 @@ class FakeDatabase:
         self.state = State()
         self.committed = State()
         self.audit_fails = False
+        self.one_call_creates = 0  # attempts of NotesRepository.insert_note_charged
 
     @contextmanager
     def transaction(self) -> Iterator[FakeUnitOfWork]:

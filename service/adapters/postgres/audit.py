@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 APPEND = "SELECT sealednotes_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 
+def append_params(conn: psycopg.Connection[Any], event: AuditEvent) -> tuple[Any, ...]:
+    """sealednotes_audit_append's arguments: the shard this connection prefers (spreads
+    concurrent writers over the shards' locks), then the record's fields."""
+    preferred = conn.info.backend_pid % auditchain.SHARDS
+    return (preferred, *(getattr(event, k) for k in auditchain.FIELDS))
+
+
 class AuditRepository(Repo):
     def __init__(
         self, conn: psycopg.Connection[dict[str, Any]], group: AuditGroupCommit | None = None
@@ -47,8 +54,7 @@ class AuditRepository(Repo):
             # returns; no BEGIN or COMMIT of its own.
             self._group.append(self.conn, [event])
             return
-        preferred = self.conn.info.backend_pid % auditchain.SHARDS
-        params = (preferred, *(getattr(event, k) for k in auditchain.FIELDS))
+        params = append_params(self.conn, event)
         try:
             # One round trip: the function takes the shard's lock (held until commit,
             # so committed records of a shard are always a gapless prefix), dates the

@@ -5,6 +5,8 @@ the `Repo` base (a repository runs its statements on its unit of work's connecti
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -155,12 +157,19 @@ class Repo:
         on its own (no BEGIN round trip). Reads at READ COMMITTED see a fresh snapshot
         per statement either way; anything that writes or locks opens the transaction."""
         if outside_transaction(self.conn):
-            self.conn.autocommit = True
-            try:
+            with self._on_its_own():
                 return self.conn.execute(sql, params).fetchone()
-            finally:
-                self.conn.autocommit = False
         return self.conn.execute(sql, params).fetchone()
+
+    @contextmanager
+    def _on_its_own(self) -> Iterator[None]:
+        """Each statement of the block is its own transaction (no BEGIN or COMMIT round
+        trip). Only where no transaction is open: see `outside_transaction`."""
+        self.conn.autocommit = True
+        try:
+            yield
+        finally:
+            self.conn.autocommit = False
 
 
 def outside_transaction(conn: psycopg.Connection[Any]) -> bool:

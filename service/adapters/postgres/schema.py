@@ -113,6 +113,9 @@ APP_FUNCTIONS = (
     " text[], text[], text[], text[])",
     "sealednotes_charge_action(uuid, uuid[], uuid, text, uuid, timestamptz, timestamptz,"
     " timestamptz, integer)",
+    "sealednotes_create_note(uuid, uuid, uuid, uuid, text, timestamptz, timestamptz, bytea,"
+    " text, integer, timestamptz, timestamptz, integer,"
+    " integer, uuid, uuid, text, uuid, uuid, text, text, text, text, text)",
 )
 MAINTENANCE_FUNCTIONS = ("sealednotes_prune(interval)", "sealednotes_destroy_due_keys()")
 
