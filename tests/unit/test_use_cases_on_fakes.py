@@ -4,6 +4,7 @@ of these properties live in tests/security/ and tests/api/."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -11,11 +12,20 @@ import pytest
 from service.access.approvals import ApprovalsService
 from service.access.limits import ActionLimiter
 from service.config import Budgets
-from service.errors import BudgetExceeded, Conflict, Forbidden, NotFound
+from service.errors import (
+    AccountSuspended,
+    AuditUnavailable,
+    BudgetExceeded,
+    Conflict,
+    Forbidden,
+    NotFound,
+)
 from service.models import Approval, Principal, Role
 from service.notes.sealing import NoteContent
 from service.notes.service import NotesService
 from tests.fakes import World, _copy
+from tests.fakes.database import FakeNotes
+from tests.fakes.world import T0
 
 BUDGETS = Budgets(per_hour=3, per_day=5, writes_per_hour=2, admin_actions_per_hour=50)
 
@@ -200,3 +210,87 @@ def test_the_operator_is_recorded_as_the_operator(w: World):
     }
     event = w.db.committed.audit[-1]
     assert (event.role, event.request_id, event.principal_id) == ("operator", "cli", None)
+
+
+# -- the one-call create (the worker holds the patient's key) -----------------------
+
+
+def _cached_world() -> World:
+    return World(BUDGETS, cache_ttl=60.0)
+
+
+def test_a_create_whose_key_the_worker_holds_is_one_call_with_the_same_record():
+    w = _cached_world()
+    notes = notes_for(w)
+    pid = w.patient("p1")
+    content = NoteContent("t", "body")
+    first, _ = notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    assert w.db.one_call_creates == 0  # no key yet: created on the ordinary path
+    second, _ = notes.create(w.caller(), pid, kind="consult", content=content, encounter_at=None)
+    assert w.db.one_call_creates == 1
+    assert w.db.committed.notes[second.id] == second
+    view, _ = notes.read(w.caller(), second.id)
+    assert view.content == content
+    # The one call's record says what the ordinary path's says, for its own note.
+    ordinary, one_call = w.audit(action="note.create", outcome="granted")
+    assert one_call == replace(ordinary, note_id=second.id)
+    assert ordinary.note_id == first.id
+    # Both charged to the write limit (a repeat of the same patient is free).
+    assert [a[2] for a in w.db.committed.actions if a[1] == "write"] == [pid, pid]
+
+
+def test_a_one_call_create_refused_by_the_limit_writes_nothing_and_the_ordinary_path_refuses():
+    w = _cached_world()
+    notes = notes_for(w)
+    a, b = w.patient("a"), w.patient("b")
+    c = w.patient("c", care=("doc", "doc2"))
+    content = NoteContent(None, "x")
+    # doc2's write gives c a key this worker holds; doc then spends its limit of 2.
+    notes.create(w.caller("doc2"), c, kind="progress", content=content, encounter_at=None)
+    for pid in (a, b):
+        notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    notes_before = set(w.db.committed.notes)
+    attempts = w.db.one_call_creates
+    with pytest.raises(BudgetExceeded) as refused:
+        notes.create(w.caller(), c, kind="progress", content=content, encounter_at=None)
+    assert w.db.one_call_creates == attempts + 1  # tried, wrote nothing
+    assert refused.value.extra["scope"] == "write-hour"
+    assert set(w.db.committed.notes) == notes_before
+    assert len(w.audit(principal_id="doc", outcome="throttled", reason="write-hour")) == 1
+
+
+def test_a_one_call_create_for_an_account_suspended_meanwhile_writes_nothing(monkeypatch):
+    w = _cached_world()
+    notes = notes_for(w)
+    pid = w.patient("p1")
+    content = NoteContent(None, "x")
+    notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    one_call = FakeNotes.insert_note_charged
+
+    def suspended_meanwhile(repo: FakeNotes, *args: object, **kwargs: object) -> bool:
+        # Suspended after the access check read the account, before the call locks it.
+        doc = repo.s.principals["doc"]
+        repo.s.principals["doc"] = replace(doc, suspended_at=T0)
+        return one_call(repo, *args, **kwargs)
+
+    monkeypatch.setattr(FakeNotes, "insert_note_charged", suspended_meanwhile)
+    notes_before = set(w.db.committed.notes)
+    with pytest.raises(AccountSuspended):
+        notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    assert w.db.one_call_creates == 1
+    assert set(w.db.committed.notes) == notes_before
+
+
+def test_a_one_call_create_whose_record_cannot_be_written_writes_nothing():
+    w = _cached_world()
+    notes = notes_for(w)
+    pid = w.patient("p1")
+    content = NoteContent(None, "x")
+    notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    before = _copy(w.db.committed)
+    w.db.audit_fails = True
+    with pytest.raises(AuditUnavailable):
+        notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    assert w.db.one_call_creates == 1
+    assert w.db.committed.notes == before.notes
+    assert w.db.committed.actions == before.actions
