@@ -11,7 +11,7 @@
 -- still the patient's key (a concurrent re-key holds it FOR UPDATE), and the record
 -- committed with the note or neither.
 --
--- Outcomes: 'created'; 'suspended' (the account is suspended or not in this tenant) or
+-- Outcomes: 'created' (with the note as stored); 'suspended' (the account is suspended or not in this tenant) or
 -- 'limit' (the hourly write limit is reached): nothing written, the service takes its
 -- ordinary path, which refuses and records the refusal. A key that changed since the
 -- service read it raises SN412 after the charge, so the charge is rolled back with it.
@@ -23,8 +23,13 @@ CREATE FUNCTION sealednotes_create_note(
     -- the record, as sealednotes_audit_append takes it
     p_shard integer, p_rec_tenant_id uuid, p_rec_principal_id uuid, p_role text,
     p_rec_patient_id uuid, p_rec_note_id uuid, p_action text, p_outcome text, p_reason text,
-    p_request_id text, p_client_addr text
-) RETURNS text
+    p_request_id text, p_client_addr text,
+    -- the outcome, and the note as stored (null unless created)
+    OUT outcome text, OUT note_id uuid, OUT note_tenant_id uuid, OUT note_patient_id uuid,
+    OUT note_kind text, OUT note_status text, OUT note_version integer,
+    OUT note_encounter_at timestamptz, OUT note_created_by uuid,
+    OUT note_created_at timestamptz, OUT note_updated_at timestamptz
+) RETURNS record
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     c record;
@@ -34,11 +39,13 @@ BEGIN
     SELECT * INTO c FROM sealednotes_charge_action(
         p_tenant_id, ARRAY[p_principal_id], p_principal_id, 'write', p_patient_id,
         p_now, p_since, p_horizon, p_write_limit);
-    IF c.suspended THEN
-        RETURN 'suspended';
+    IF c.suspended IS NOT FALSE THEN
+        outcome := 'suspended';
+        RETURN;
     END IF;
-    IF NOT c.charged THEN
-        RETURN 'limit';
+    IF c.charged IS NOT TRUE THEN
+        outcome := 'limit';
+        RETURN;
     END IF;
     PERFORM 1 FROM patient_keys k
     WHERE k.patient_id = p_patient_id AND k.tenant_id = p_tenant_id
@@ -52,14 +59,20 @@ BEGIN
                            created_by, created_at, updated_at)
         VALUES (p_note_id, p_tenant_id, p_patient_id, p_kind, 1, p_encounter_at,
                 p_principal_id, p_now, p_now)
-        RETURNING id
+        RETURNING *
+    ), v AS (
+        INSERT INTO note_versions (note_id, version, sealed, author_id, created_at)
+        SELECT n.id, 1, p_sealed, p_principal_id, p_now FROM n
     )
-    INSERT INTO note_versions (note_id, version, sealed, author_id, created_at)
-    SELECT n.id, 1, p_sealed, p_principal_id, p_now FROM n;
+    SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,
+           n.encounter_at, n.created_by, n.created_at, n.updated_at
+    INTO note_id, note_tenant_id, note_patient_id, note_kind, note_status, note_version,
+         note_encounter_at, note_created_by, note_created_at, note_updated_at
+    FROM n;
     PERFORM sealednotes_audit_append(
         p_shard, p_rec_tenant_id, p_rec_principal_id, p_role, p_rec_patient_id, p_rec_note_id,
         p_action, p_outcome, p_reason, p_request_id, p_client_addr);
-    RETURN 'created';
+    outcome := 'created';
 END
 $$;
 REVOKE ALL ON FUNCTION sealednotes_create_note(

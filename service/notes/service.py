@@ -136,11 +136,22 @@ class NotesService:
                 confirm_token=confirm_token,
             )
             if idempotency_key is None:
-                note = self._create_in_one_call(
+                made, note = self._create_in_one_call(
                     tx, caller, grant, note_id, kind, content, encounter_at
                 )
                 if note is not None:
                     return note, False
+                if made:
+                    # The call wrote nothing, and may have waited (on a re-key, on the
+                    # account's lock): check access again rather than trust the grant.
+                    grant = self._gate.grant_write(
+                        tx,
+                        caller,
+                        patient_id,
+                        action="note.create",
+                        note_id=note_id,
+                        confirm_token=confirm_token,
+                    )
             patient, key, via = self._gate.key_for_write(
                 tx,
                 caller,
@@ -207,15 +218,15 @@ class NotesService:
         kind: str,
         content: NoteContent,
         encounter_at: datetime | None,
-    ) -> NoteRow | None:
+    ) -> tuple[bool, NoteRow | None]:
         """The common create, when this worker holds the patient's data key (no Vault
-        call): charged to the write limit, written and recorded by one call. None when
-        that call wrote nothing (a suspension or the limit to answer, the key changed)
-        or could not be made: the ordinary path then takes each step, and refuses and
-        records what it must."""
+        call): charged to the write limit, written and recorded by one call. Returns
+        (call made, the note as stored); no note when nothing was written (a suspension
+        or the limit to answer, the key changed, an error) or no call could be made: the
+        ordinary path then takes each step, and refuses and records what it must."""
         key = self._gate.cached_key(grant)
         if key is None or grant.key is None or self._limiter is None:
-            return None
+            return False, None
         patient, now = grant.patient, grant.now
         note = NoteRow(
             note_id,
@@ -232,7 +243,7 @@ class NotesService:
         aad = note_aad(
             tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1
         )
-        created = tx.notes.insert_note_charged(
+        return True, tx.notes.insert_note_charged(
             note,
             sealed=seal(key, encode(content), aad=aad),
             key=grant.key,
@@ -246,7 +257,6 @@ class NotesService:
                 reason=_via_reason(grant.via),
             ),
         )
-        return note if created else None
 
     def amend(
         self,

@@ -253,11 +253,12 @@ class NotesRepository(Protocol):
         key: PatientKeyRow,
         write_limit: int,
         record: AuditEvent,
-    ) -> bool:
-        """The note and its first version (`sealed` under `key`), charged to its author's
-        hourly write limit, with its audit record: all in one call, or nothing. False
-        when nothing was written: the author is suspended or at `write_limit`, or `key`
-        is no longer the patient's key. The caller then takes its ordinary path."""
+    ) -> NoteRow | None:
+        """`note` and its first version (`sealed` under `key`), charged to its author's
+        hourly write limit, with its audit record: all in one call, or nothing. Returns
+        the note as stored; None when nothing was written: the author is suspended or at
+        `write_limit`, or `key` is no longer the patient's key. The caller then takes
+        its ordinary path."""
         ...
 
     def insert_note_version(

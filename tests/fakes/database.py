@@ -82,7 +82,7 @@ class FakeNotes(_Repo):
         key: PatientKeyRow,
         write_limit: int,
         record: AuditEvent,
-    ) -> bool:
+    ) -> NoteRow | None:
         """All or nothing, as the database's one statement: charged, key checked, the
         note and its record written; otherwise the state as it was."""
         self.db.one_call_creates += 1
@@ -98,7 +98,7 @@ class FakeNotes(_Repo):
         try:
             if charge.suspended or not charge.allowed or self.s.keys.get(note.patient_id) != key:
                 self.db.state = before
-                return False
+                return None
             self.insert_note(
                 note.id,
                 note.tenant_id,
@@ -112,8 +112,8 @@ class FakeNotes(_Repo):
             FakeAudit(self.db).insert_audit_event(record)
         except Exception:
             self.db.state = before
-            return False
-        return True
+            return None
+        return self.s.notes[note.id]
 
     def insert_note_version(
         self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime

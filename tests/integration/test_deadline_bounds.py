@@ -132,18 +132,23 @@ def test_a_unit_of_work_near_the_deadline_runs_with_the_shorter_bound_to_its_com
         commit(self)
 
     monkeypatch.setattr(psycopg.Connection, "commit", observed_commit)
+
+    def opened(tx: Any) -> int:
+        tx.conn.execute("SELECT 1")  # a transaction is open: the unit of work commits it
+        return _user_timeout(tx.conn)
+
     with store.transaction() as tx:
-        full = _user_timeout(tx.conn)
+        full = opened(tx)
     token = deadline.start(0.5)
     try:
         with store.transaction() as tx:  # a checkout of its own
-            near = _user_timeout(tx.conn)
+            near = opened(tx)
         with store.request_scope(), store.transaction() as tx:  # the request's connection
-            held = _user_timeout(tx.conn)
+            held = opened(tx)
     finally:
         deadline.reset(token)
     with store.transaction() as tx:
-        after = _user_timeout(tx.conn)
+        after = opened(tx)
     assert full == after == 2000
     assert 0 < near <= 500 and 0 < held <= 500
     # COMMIT: outside a request, both near the deadline (pool and held paths), after.
@@ -204,6 +209,31 @@ def test_past_the_deadline_nothing_is_committed_and_no_transaction_is_carried_on
         with store.transaction() as tx:
             row = tx.conn.execute("SELECT count(*) AS n FROM deadline_probe").fetchone()
     assert row is not None and row["n"] == 0
+
+
+@pytest.mark.parametrize("request_connection", [False, True], ids=["own", "request's"])
+def test_a_unit_of_work_whose_statement_committed_on_its_own_is_not_reported_lost(
+    one_connection_store: Store, request_connection: bool
+) -> None:
+    """A create made in one call commits with its statement (NotesRepository.
+    insert_note_charged): past the deadline after it, there is nothing left to commit,
+    and answering deadline-exceeded would report as lost a note that is written."""
+    store = one_connection_store
+    with store.transaction() as tx:
+        tx.conn.execute("CREATE TEMP TABLE IF NOT EXISTS committed_probe (x int)")
+    with store.request_scope() if request_connection else contextlib.nullcontext():
+        token = deadline.start(0.3)
+        try:
+            with store.transaction() as tx:
+                tx.conn.autocommit = True
+                tx.conn.execute("INSERT INTO committed_probe VALUES (1)")
+                tx.conn.autocommit = False
+                time.sleep(0.4)  # the statement outlasted the request, committed
+        finally:
+            deadline.reset(token)
+        with store.transaction() as tx:
+            row = tx.conn.execute("SELECT count(*) AS n FROM committed_probe").fetchone()
+    assert row is not None and row["n"] == 1
 
 
 def test_a_request_ending_after_its_store_closed_loses_no_connection(tcp_db_url: str) -> None:

@@ -21,12 +21,13 @@ import psycopg
 import pytest
 
 from service.adapters.postgres.notes import NotesRepository
+from service.models import NoteRow
 from tests.helpers import Api, StackHelper, Tenant, Who, seed_patients
 from tests.security.database_books import as_service_role
 
 CALL = (
-    "SELECT sealednotes_create_note(%(t)s, %(p)s, %(pt)s, %(n)s, 'progress', NULL, %(now)s,"
-    " %(sealed)s, %(wrapped)s, %(ver)s, %(since)s, %(horizon)s, %(limit)s,"
+    "SELECT outcome FROM sealednotes_create_note(%(t)s, %(p)s, %(pt)s, %(n)s, 'progress',"
+    " NULL, %(now)s, %(sealed)s, %(wrapped)s, %(ver)s, %(since)s, %(horizon)s, %(limit)s,"
     " 0, %(t)s, %(p)s, 'clinician', %(pt)s, %(n)s, 'note.create', 'granted', NULL,"
     " 'req-test', '127.0.0.1')"
 )
@@ -217,12 +218,14 @@ def test_concurrent_calls_stop_exactly_at_the_write_limit(
 
 @pytest.fixture
 def one_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Whether each one-call create the API made wrote its note."""
     made: list[bool] = []
     original = NotesRepository.insert_note_charged
 
-    def spy(self: NotesRepository, *args: Any, **kwargs: Any) -> bool:
-        made.append(original(self, *args, **kwargs))
-        return made[-1]
+    def spy(self: NotesRepository, *args: Any, **kwargs: Any) -> NoteRow | None:
+        stored = original(self, *args, **kwargs)
+        made.append(stored is not None)
+        return stored
 
     monkeypatch.setattr(NotesRepository, "insert_note_charged", spy)
     yield made
@@ -236,11 +239,20 @@ def test_the_apis_creates_take_the_one_call_with_the_ordinary_record(
     pid = stack.patient_for(t, dr)
     first = stack.note(dr, pid, body="first: the patient's key is created")
     assert one_calls == []  # no key yet: nothing to hold
-    second = stack.note(dr, pid, body="second: the worker holds the key")
+    r = api.post(
+        f"/v1/patients/{pid}/notes",
+        dr.token,
+        {"kind": "progress", "body": "second", "encounter_at": "2026-05-01T10:00:00+02:00"},
+    )
+    assert r.status_code == 201, r.get_json()
+    second = r.get_json()
     assert one_calls == [True]
     r = api.get(f"/v1/notes/{second['id']}", dr.token)
     assert r.status_code == 200
-    assert r.get_json()["body"] == "second: the worker holds the key"
+    assert r.get_json()["body"] == "second"
+    # The note as stored, as a read shows it (the database's time zone and precision).
+    for field in ("encounter_at", "created_at", "updated_at", "status", "version"):
+        assert second[field] == r.get_json()[field], field
     with psycopg.connect(db_url) as conn:
         records = {
             str(row[0]): row[1:]

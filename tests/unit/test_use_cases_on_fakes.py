@@ -267,7 +267,7 @@ def test_a_one_call_create_for_an_account_suspended_meanwhile_writes_nothing(mon
     notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
     one_call = FakeNotes.insert_note_charged
 
-    def suspended_meanwhile(repo: FakeNotes, *args: object, **kwargs: object) -> bool:
+    def suspended_meanwhile(repo: FakeNotes, *args: object, **kwargs: object) -> object:
         # Suspended after the access check read the account, before the call locks it.
         doc = repo.s.principals["doc"]
         repo.s.principals["doc"] = replace(doc, suspended_at=T0)
@@ -294,3 +294,25 @@ def test_a_one_call_create_whose_record_cannot_be_written_writes_nothing():
     assert w.db.one_call_creates == 1
     assert w.db.committed.notes == before.notes
     assert w.db.committed.actions == before.actions
+
+
+def test_a_create_whose_one_call_wrote_nothing_checks_access_again(monkeypatch):
+    """The call may have waited (on a re-key, on the account's lock) before writing
+    nothing: what the access check saw then may no longer hold."""
+    w = _cached_world()
+    notes = notes_for(w)
+    pid = w.patient("p1")
+    content = NoteContent(None, "x")
+    notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+
+    def key_replaced_meanwhile(repo: FakeNotes, *args: object, **kwargs: object) -> None:
+        # Meanwhile (say, while it waited on a re-key), doc left the care team.
+        del repo.s.care_team[(pid, "doc")]
+        return None
+
+    monkeypatch.setattr(FakeNotes, "insert_note_charged", key_replaced_meanwhile)
+    notes_before = set(w.db.committed.notes)
+    with pytest.raises(NotFound):
+        notes.create(w.caller(), pid, kind="progress", content=content, encounter_at=None)
+    assert set(w.db.committed.notes) == notes_before
+    assert len(w.audit(principal_id="doc", outcome="denied", reason="not-on-care-team")) == 1

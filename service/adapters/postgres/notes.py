@@ -101,17 +101,22 @@ class NotesRepository(Repo):
         key: PatientKeyRow,
         write_limit: int,
         record: AuditEvent,
-    ) -> bool:
+    ) -> NoteRow | None:
         """One statement on its own (migration 0029): one round trip, its own commit.
         Not attempted inside an open transaction (it could not be on its own)."""
         if not outside_transaction(self.conn):
-            return False
+            return None
         now = note.created_at
         try:
             with self._on_its_own():
                 row = self._one(
-                    "SELECT sealednotes_create_note(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS outcome",
+                    "SELECT outcome, note_id AS id, note_tenant_id AS tenant_id,"
+                    " note_patient_id AS patient_id, note_kind AS kind, note_status AS status,"
+                    " note_version AS current_version, note_encounter_at AS encounter_at,"
+                    " note_created_by AS created_by, note_created_at AS created_at,"
+                    " note_updated_at AS updated_at"
+                    " FROM sealednotes_create_note(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (
                         note.tenant_id,
                         note.created_by,
@@ -137,9 +142,9 @@ class NotesRepository(Repo):
             # translated, by the ordinary path, statement by statement.
             if e.sqlstate != "SN412":
                 log.warning("one-call create failed: %s", type(e).__name__)
-            return False
+            return None
         assert row is not None
-        return bool(row["outcome"] == "created")
+        return _note(row) if row["outcome"] == "created" else None
 
     def insert_note_version(
         self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime

@@ -174,8 +174,12 @@ class Store:
         try:
             with self._within_deadline(conn):
                 yield
-            with self._within_deadline(conn):
-                conn.commit()
+            # Nothing open, nothing to commit: the block's statements ran on their own
+            # (a create made in one call committed with its statement). Answering
+            # deadline-exceeded now would report as lost what is written.
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with self._within_deadline(conn):
+                    conn.commit()
             committed = True
         finally:
             if not committed and not (conn.broken or conn.closed):
