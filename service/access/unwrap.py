@@ -121,9 +121,20 @@ class KeyUnwrapper:
     ) -> bytes:
         """The patient's key for a write, share-locked until commit (a re-key waits),
         created when the patient has none yet."""
-        key = self.unwrap(
-            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
-        )
+
+        def held() -> bytes | None:
+            return self.unwrap(
+                tx,
+                caller,
+                patient,
+                now,
+                cause="write",
+                action=action,
+                note_id=note_id,
+                for_write=True,
+            )
+
+        key = held()
         if key is not None:
             return key
         context = key_context(tenant_id=patient.tenant_id, patient_id=patient.id)
@@ -141,10 +152,7 @@ class KeyUnwrapper:
                 new.plaintext,
             )
             return new.plaintext
-        # Another writer created the key first: use theirs.
-        key = self.unwrap(
-            tx, caller, patient, now, cause="write", action=action, note_id=note_id, for_write=True
-        )
+        key = held()  # another writer created the key first: use theirs
         assert key is not None
         return key
 

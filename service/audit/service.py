@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from service.access.caller import Actor, Caller, Operator
 from service.access.roles import Permission, require
@@ -34,62 +34,41 @@ from service.ports import Database, UnitOfWork
 log = logging.getLogger(__name__)
 
 
+class EventFields(TypedDict, total=False):
+    """What an audit record is about, besides its action and outcome."""
+
+    caller: Caller | Operator | None
+    tenant_id: str | None
+    patient_id: str | None
+    note_id: str | None
+    reason: str | None
+    principal_id: str | None
+    request_id: str | None
+
+
 class AuditLog:
     def record(
-        self,
-        tx: UnitOfWork,
-        *,
-        action: str,
-        outcome: str,
-        caller: Caller | Operator | None = None,
-        tenant_id: str | None = None,
-        patient_id: str | None = None,
-        note_id: str | None = None,
-        reason: str | None = None,
-        principal_id: str | None = None,
-        request_id: str | None = None,
+        self, tx: UnitOfWork, *, action: str, outcome: str, **about: Unpack[EventFields]
     ) -> None:
-        tx.audit.insert_audit_event(
-            self.event(
-                action=action,
-                outcome=outcome,
-                caller=caller,
-                tenant_id=tenant_id,
-                patient_id=patient_id,
-                note_id=note_id,
-                reason=reason,
-                principal_id=principal_id,
-                request_id=request_id,
-            )
-        )
+        tx.audit.insert_audit_event(self.event(action=action, outcome=outcome, **about))
 
     @staticmethod
-    def event(
-        *,
-        action: str,
-        outcome: str,
-        caller: Caller | Operator | None = None,
-        tenant_id: str | None = None,
-        patient_id: str | None = None,
-        note_id: str | None = None,
-        reason: str | None = None,
-        principal_id: str | None = None,
-        request_id: str | None = None,
-    ) -> AuditEvent:
+    def event(*, action: str, outcome: str, **about: Unpack[EventFields]) -> AuditEvent:
         """The record `record` appends, for a repository that appends it together with
         the change it records (NotesRepository.insert_note_charged)."""
+        caller = about.get("caller")
         p = caller.principal if isinstance(caller, Caller) else None
         operator = isinstance(caller, Operator)
         return AuditEvent(
             action=action,
             outcome=outcome,
-            tenant_id=tenant_id or (p.tenant_id if p else None),
-            principal_id=principal_id or (p.id if p else None),
+            tenant_id=about.get("tenant_id") or (p.tenant_id if p else None),
+            principal_id=about.get("principal_id") or (p.id if p else None),
             role=p.role.value if p else ("operator" if operator else None),
-            patient_id=patient_id,
-            note_id=note_id,
-            reason=reason,
-            request_id=caller.request_id if caller else request_id,
+            patient_id=about.get("patient_id"),
+            note_id=about.get("note_id"),
+            reason=about.get("reason"),
+            request_id=caller.request_id if caller else about.get("request_id"),
             client_addr=caller.client_addr if caller else None,
         )
 

@@ -135,23 +135,13 @@ class NotesService:
                 note_id=note_id,
                 confirm_token=confirm_token,
             )
+            made = False
             if idempotency_key is None:
                 made, note = self._create_in_one_call(
                     tx, caller, grant, note_id, kind, content, encounter_at
                 )
                 if note is not None:
                     return note, False
-                if made:
-                    # The call wrote nothing, and may have waited (on a re-key, on the
-                    # account's lock): check access again rather than trust the grant.
-                    grant = self._gate.grant_write(
-                        tx,
-                        caller,
-                        patient_id,
-                        action="note.create",
-                        note_id=note_id,
-                        confirm_token=confirm_token,
-                    )
             patient, key, via = self._gate.key_for_write(
                 tx,
                 caller,
@@ -159,9 +149,12 @@ class NotesService:
                 action="note.create",
                 note_id=note_id,
                 charge=self._write_budget(tx, caller, "note.create"),
-                grant=grant,
+                confirm_token=confirm_token,
+                # A call that wrote nothing may have waited (on a re-key, on the account's
+                # lock): access is checked again, not taken from the earlier grant.
+                grant=None if made else grant,
             )
-            now = grant.now
+            now = self._clock.now()
             if idempotency_key is not None:
                 digest = request_digest(key, patient.id, kind, content, encounter_at)
                 earlier = tx.notes.claim_idempotency_key(
