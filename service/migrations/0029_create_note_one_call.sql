@@ -24,13 +24,14 @@ CREATE FUNCTION sealednotes_create_note(
     p_shard integer, p_rec_tenant_id uuid, p_rec_principal_id uuid, p_role text,
     p_rec_patient_id uuid, p_rec_note_id uuid, p_action text, p_outcome text, p_reason text,
     p_request_id text, p_client_addr text,
-    -- the outcome, and the note as stored (null unless created)
-    OUT outcome text, OUT note_id uuid, OUT note_tenant_id uuid, OUT note_patient_id uuid,
-    OUT note_kind text, OUT note_status text, OUT note_version integer,
-    OUT note_encounter_at timestamptz, OUT note_created_by uuid,
-    OUT note_created_at timestamptz, OUT note_updated_at timestamptz
+    -- the outcome, and the note as stored (null unless created), under the notes
+    -- table's own column names
+    OUT outcome text, OUT id uuid, OUT tenant_id uuid, OUT patient_id uuid, OUT kind text,
+    OUT status text, OUT current_version integer, OUT encounter_at timestamptz,
+    OUT created_by uuid, OUT created_at timestamptz, OUT updated_at timestamptz
 ) RETURNS record
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
     c record;
 BEGIN
@@ -66,8 +67,8 @@ BEGIN
     )
     SELECT n.id, n.tenant_id, n.patient_id, n.kind, n.status, n.current_version,
            n.encounter_at, n.created_by, n.created_at, n.updated_at
-    INTO note_id, note_tenant_id, note_patient_id, note_kind, note_status, note_version,
-         note_encounter_at, note_created_by, note_created_at, note_updated_at
+    INTO id, tenant_id, patient_id, kind, status, current_version,
+         encounter_at, created_by, created_at, updated_at
     FROM n;
     PERFORM sealednotes_audit_append(
         p_shard, p_rec_tenant_id, p_rec_principal_id, p_role, p_rec_patient_id, p_rec_note_id,

@@ -135,10 +135,11 @@ class NotesService:
                 note_id=note_id,
                 confirm_token=confirm_token,
             )
-            made = False
-            if idempotency_key is None:
-                made, note = self._create_in_one_call(
-                    tx, caller, grant, note_id, kind, content, encounter_at
+            one_call = idempotency_key is None and self._limiter is not None
+            held = self._gate.cached_key(grant) if one_call else None
+            if held is not None:
+                note = self._create_in_one_call(
+                    tx, caller, grant, held, note_id, kind, content, encounter_at
                 )
                 if note is not None:
                     return note, False
@@ -152,7 +153,7 @@ class NotesService:
                 confirm_token=confirm_token,
                 # A call that wrote nothing may have waited (on a re-key, on the account's
                 # lock): access is checked again, not taken from the earlier grant.
-                grant=None if made else grant,
+                grant=grant if held is None else None,
             )
             now = self._clock.now()
             if idempotency_key is not None:
@@ -207,37 +208,30 @@ class NotesService:
         tx: UnitOfWork,
         caller: Caller,
         grant: WriteGrant,
+        key: bytes,
         note_id: str,
         kind: str,
         content: NoteContent,
         encounter_at: datetime | None,
-    ) -> tuple[bool, NoteRow | None]:
-        """The common create, when this worker holds the patient's data key (no Vault
-        call): charged to the write limit, written and recorded by one call. Returns
-        (call made, the note as stored); no note when nothing was written (a suspension
-        or the limit to answer, the key changed, an error) or no call could be made: the
-        ordinary path then takes each step, and refuses and records what it must."""
-        key = self._gate.cached_key(grant)
-        if key is None or grant.key is None or self._limiter is None:
-            return False, None
+    ) -> NoteRow | None:
+        """The common create, when this worker holds the patient's data key (`key`, no
+        Vault call): charged to the write limit, written and recorded by one call. None
+        when that call wrote nothing (a suspension or the limit to answer, the key
+        changed, an error): the ordinary path then takes each step, and refuses and
+        records what it must."""
+        assert grant.key is not None and self._limiter is not None  # as `create` checked
         patient, now = grant.patient, grant.now
-        note = NoteRow(
+        aad = note_aad(
+            tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1
+        )
+        return tx.notes.insert_note_charged(
             note_id,
             patient.tenant_id,
             patient.id,
             kind,
-            "current",
-            1,
             encounter_at,
             caller.principal.id,
             now,
-            now,
-        )
-        aad = note_aad(
-            tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1
-        )
-        return True, tx.notes.insert_note_charged(
-            note,
             sealed=seal(key, encode(content), aad=aad),
             key=grant.key,
             write_limit=self._limiter.write.per_hour,

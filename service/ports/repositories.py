@@ -247,18 +247,24 @@ class NotesRepository(Protocol):
 
     def insert_note_charged(
         self,
-        note: NoteRow,
+        note_id: str,
+        tenant_id: str,
+        patient_id: str,
+        kind: str,
+        encounter_at: datetime | None,
+        author_id: str,
+        now: datetime,
         *,
         sealed: bytes,
         key: PatientKeyRow,
         write_limit: int,
         record: AuditEvent,
     ) -> NoteRow | None:
-        """`note` and its first version (`sealed` under `key`), charged to its author's
-        hourly write limit, with its audit record: all in one call, or nothing. Returns
-        the note as stored; None when nothing was written: the author is suspended or at
-        `write_limit`, or `key` is no longer the patient's key. The caller then takes
-        its ordinary path."""
+        """`insert_note`, charged to the author's hourly write limit (`write_limit`
+        distinct patients), `sealed` under `key`, with its audit record: all in one
+        call, or nothing. Returns the note as stored; None when nothing was written:
+        the author is suspended or at the limit, or `key` is no longer the patient's
+        key. The caller then takes its ordinary path."""
         ...
 
     def insert_note_version(

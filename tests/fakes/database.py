@@ -76,7 +76,13 @@ class FakeNotes(_Repo):
 
     def insert_note_charged(
         self,
-        note: NoteRow,
+        note_id: str,
+        tenant_id: str,
+        patient_id: str,
+        kind: str,
+        encounter_at: datetime | None,
+        author_id: str,
+        now: datetime,
         *,
         sealed: bytes,
         key: PatientKeyRow,
@@ -88,32 +94,20 @@ class FakeNotes(_Repo):
         self.db.one_call_creates += 1
         before = copy.deepcopy(self.db.state)
         charge = FakeLedger(self.db).charge_action(
-            note.tenant_id,
-            note.created_by,
-            "write",
-            note.created_at,
-            limit=write_limit,
-            patient_id=note.patient_id,
+            tenant_id, author_id, "write", now, limit=write_limit, patient_id=patient_id
         )
         try:
-            if charge.suspended or not charge.allowed or self.s.keys.get(note.patient_id) != key:
+            if charge.suspended or not charge.allowed or self.s.keys.get(patient_id) != key:
                 self.db.state = before
                 return None
-            self.insert_note(
-                note.id,
-                note.tenant_id,
-                note.patient_id,
-                note.kind,
-                note.encounter_at,
-                note.created_by,
-                note.created_at,
-                sealed=sealed,
+            note = self.insert_note(
+                note_id, tenant_id, patient_id, kind, encounter_at, author_id, now, sealed=sealed
             )
             FakeAudit(self.db).insert_audit_event(record)
         except Exception:
             self.db.state = before
             return None
-        return self.s.notes[note.id]
+        return note
 
     def insert_note_version(
         self, note_id: str, version: int, sealed: bytes, author_id: str, now: datetime

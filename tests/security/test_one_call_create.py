@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -137,27 +138,47 @@ def test_a_refused_call_writes_nothing(
         assert _written(conn, params) == (0, 0, 0)
 
 
+@contextmanager
+def _revoked(db_url: str, privilege: str) -> Iterator[None]:
+    """`privilege` (say "INSERT ON note_versions") taken from the service's role, then
+    given back."""
+    from tests.conftest import APP_ROLE
+
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute(f"REVOKE {privilege} FROM {APP_ROLE}")
+    try:
+        yield
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as owner:
+            owner.execute(f"GRANT {privilege} TO {APP_ROLE}")
+
+
 def test_a_call_whose_record_cannot_be_written_writes_nothing(
     world: tuple[Tenant, Who, list[str]], app_db_url: str, db_url: str
 ) -> None:
-    from tests.conftest import APP_ROLE
-
     t, dr, patients = world
     fn = (
         "sealednotes_audit_append(integer, uuid, uuid, text, uuid, uuid, text, text, text,"
         " text, text)"
     )
-    with psycopg.connect(db_url, autocommit=True) as owner:
-        owner.execute(f"REVOKE EXECUTE ON FUNCTION {fn} FROM {APP_ROLE}")
-    try:
-        with as_service_role(app_db_url) as conn:
-            params = _params(conn, t, dr, patients[0])
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(CALL, params)
-            assert _written(conn, params) == (0, 0, 0)
-    finally:
-        with psycopg.connect(db_url, autocommit=True) as owner:
-            owner.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO {APP_ROLE}")
+    with _revoked(db_url, f"EXECUTE ON FUNCTION {fn}"), as_service_role(app_db_url) as conn:
+        params = _params(conn, t, dr, patients[0])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(CALL, params)
+        assert _written(conn, params) == (0, 0, 0)
+
+
+def test_the_call_adds_no_right_to_the_service_role(
+    world: tuple[Tenant, Who, list[str]], app_db_url: str, db_url: str
+) -> None:
+    """SECURITY INVOKER: each of its statements runs with the role's own grants, so it
+    writes nothing the role could not write itself."""
+    t, dr, patients = world
+    with _revoked(db_url, "INSERT ON note_versions"), as_service_role(app_db_url) as conn:
+        params = _params(conn, t, dr, patients[0])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(CALL, params)
+        assert _written(conn, params) == (0, 0, 0)
 
 
 def test_a_re_key_under_way_makes_the_call_wait_then_write_nothing(

@@ -95,7 +95,13 @@ class NotesRepository(Repo):
 
     def insert_note_charged(
         self,
-        note: NoteRow,
+        note_id: str,
+        tenant_id: str,
+        patient_id: str,
+        kind: str,
+        encounter_at: datetime | None,
+        author_id: str,
+        now: datetime,
         *,
         sealed: bytes,
         key: PatientKeyRow,
@@ -106,24 +112,19 @@ class NotesRepository(Repo):
         Not attempted inside an open transaction (it could not be on its own)."""
         if not outside_transaction(self.conn):
             return None
-        now = note.created_at
         try:
             with self._on_its_own():
                 row = self._one(
-                    "SELECT outcome, note_id AS id, note_tenant_id AS tenant_id,"
-                    " note_patient_id AS patient_id, note_kind AS kind, note_status AS status,"
-                    " note_version AS current_version, note_encounter_at AS encounter_at,"
-                    " note_created_by AS created_by, note_created_at AS created_at,"
-                    " note_updated_at AS updated_at"
-                    " FROM sealednotes_create_note(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    f"SELECT outcome, {NOTE_COLUMNS} FROM sealednotes_create_note("
+                    + ", ".join(["%s"] * 24)
+                    + ")",
                     (
-                        note.tenant_id,
-                        note.created_by,
-                        note.patient_id,
-                        note.id,
-                        note.kind,
-                        note.encounter_at,
+                        tenant_id,
+                        author_id,
+                        patient_id,
+                        note_id,
+                        kind,
+                        encounter_at,
                         now,
                         sealed,
                         key.wrapped_key,
