@@ -27,6 +27,14 @@ from service.models import (
 
 log = logging.getLogger(__name__)
 
+# Migration 0029: 13 arguments for the note, its key and its charge, then the record's
+# as sealednotes_audit_append takes them (audit.append_params).
+CREATE_NOTE = (
+    f"SELECT outcome, {NOTE_COLUMNS} FROM sealednotes_create_note("
+    + ", ".join(["%s"] * (13 + 11))
+    + ")"
+)
+
 
 class NotesRepository(Repo):
     def patient_versions_for_update(self, patient_id: str) -> list[tuple[NoteRow, NoteVersionRow]]:
@@ -115,9 +123,7 @@ class NotesRepository(Repo):
         try:
             with self._on_its_own():
                 row = self._one(
-                    f"SELECT outcome, {NOTE_COLUMNS} FROM sealednotes_create_note("
-                    + ", ".join(["%s"] * 24)
-                    + ")",
+                    CREATE_NOTE,
                     (
                         tenant_id,
                         author_id,
