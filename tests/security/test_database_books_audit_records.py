@@ -54,8 +54,8 @@ def test_verify_reports_unknown_shards_and_back_dated_records(
     world: dict[str, Any], app: Flask, db_url: str
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        # Only a superuser can still do this: a correctly chained record in shard 40.
-        conn.execute("ALTER TABLE audit_events DROP CONSTRAINT audit_events_known_shard")
+        # Only the schema owner or a superuser can do this (the service's role has no
+        # INSERT on the log): a correctly chained record in shard 40.
         try:
             conn.execute(
                 "INSERT INTO audit_events (shard, seq, prev_hash, hash, at, action, outcome)"
@@ -83,10 +83,6 @@ def test_verify_reports_unknown_shards_and_back_dated_records(
             conn.execute("SET session_replication_role = replica")  # past the append-only trigger
             conn.execute("DELETE FROM audit_events WHERE shard = 40 OR at < '2021-01-01'")
             conn.execute("SET session_replication_role = origin")
-            conn.execute(
-                "ALTER TABLE audit_events ADD CONSTRAINT audit_events_known_shard"
-                " CHECK (shard BETWEEN 0 AND 15) NOT VALID"
-            )
     kinds = {p["kind"] for p in report["problems"]}
     assert not report["ok"]
     assert {"unknown-shard", "time-regression"} <= kinds
@@ -94,6 +90,52 @@ def test_verify_reports_unknown_shards_and_back_dated_records(
     heads = app.extensions["sealednotes"].store
     with heads.transaction() as tx:
         assert set(tx.audit.audit_heads()) <= set(range(16))
+
+
+def test_verify_reports_malformed_records_the_table_no_longer_refuses(
+    world: dict[str, Any], app: Flask, app_db_url: str, db_url: str
+) -> None:
+    """The log has no CHECK constraints (migration 0030): the append functions compute
+    shard, sequence and hashes, the service's role cannot insert, and verify reports any
+    record written by other means that breaks what those constraints held."""
+    with as_service_role(app_db_url) as conn:
+        assert refused(
+            conn,
+            "INSERT INTO audit_events (shard, seq, prev_hash, hash, at, action, outcome)"
+            " VALUES (3, 0, '\\x00', '\\x00', now(), 'note.read', 'granted')",
+        )
+    zeros = b"\0" * 32
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        shard, seq, head = conn.execute(
+            "SELECT shard, seq, hash FROM audit_events WHERE shard BETWEEN 0 AND 15"
+            " ORDER BY shard, seq DESC LIMIT 1"
+        ).fetchone()
+        forged = [
+            (-3, 1, zeros, zeros),  # a negative shard
+            (shard, 0, head, zeros),  # a sequence number of 0, after the shard's head
+            (shard, seq + 1, head[:31], zeros[:31]),  # hashes one byte short
+        ]
+        try:
+            for s, q, prev, digest in forged:
+                conn.execute(
+                    "INSERT INTO audit_events (shard, seq, prev_hash, hash, at, action, outcome)"
+                    " VALUES (%s, %s, %s, %s, now(), 'note.read', 'granted')",
+                    (s, q, prev, digest),
+                )
+            report = app.extensions["sealednotes"].audit_service.verify().as_dict()
+        finally:
+            conn.execute("SET session_replication_role = replica")  # past the append-only trigger
+            conn.execute(
+                "DELETE FROM audit_events WHERE shard < 0 OR seq = 0 OR length(hash) <> 32"
+            )
+            conn.execute("SET session_replication_role = origin")
+    assert not report["ok"]
+    problems = {(p["kind"], p["shard"], p["seq"]) for p in report["problems"]}
+    assert ("unknown-shard", -3, 1) in problems
+    assert ("out-of-order", shard, 0) in problems
+    assert ("broken-link", shard, seq + 1) in problems  # the short previous hash
+    assert {("hash-mismatch", s, q) for s, q, _, _ in forged} <= problems
+    verify_ok(app)  # and once they are gone, the log verifies again
 
 
 def test_pruning_is_for_the_maintenance_role_only_and_audited(
