@@ -152,14 +152,18 @@ class Repo:
     def _all(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         return self.conn.execute(sql, params).fetchall()
 
-    def _read_one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+    def _read_one(
+        self, sql: str, params: Any = None, *, binary: bool = False
+    ) -> dict[str, Any] | None:
         """A read that needs no transaction of its own: when none is open yet, run it
         on its own (no BEGIN round trip). Reads at READ COMMITTED see a fresh snapshot
-        per statement either way; anything that writes or locks opens the transaction."""
+        per statement either way; anything that writes or locks opens the transaction.
+        `binary`: the row comes in PostgreSQL's binary format (see LedgerRepository.
+        note_gate_snapshot); the values loaded are the same."""
         if outside_transaction(self.conn):
             with self._on_its_own():
-                return self.conn.execute(sql, params).fetchone()
-        return self.conn.execute(sql, params).fetchone()
+                return self.conn.execute(sql, params, binary=binary).fetchone()
+        return self.conn.execute(sql, params, binary=binary).fetchone()
 
     @contextmanager
     def _on_its_own(self) -> Iterator[None]:
