@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg.rows import RowMaker
 
 from service.models import (
     Approval,
@@ -139,6 +140,27 @@ NOTE_COLUMNS = (
 )
 
 
+class StatementRows:
+    """A row factory for one statement of fixed columns: dict rows whose keys are read
+    from the result once, not again on every execution as psycopg's dict_row does (the
+    warm read's ~45 column names were decoded afresh on each read). Read again when
+    the column count changes (a schema change re-planned the statement)."""
+
+    def __init__(self) -> None:
+        self._names: tuple[str, ...] = ()
+
+    def __call__(self, cursor: psycopg.Cursor[Any]) -> RowMaker[dict[str, Any]]:
+        names = self._names
+        result = cursor.pgresult
+        if result is None or result.nfields != len(names):
+            names = self._names = tuple(column.name for column in cursor.description or ())
+
+        def make(values: Any) -> dict[str, Any]:
+            return dict(zip(names, values, strict=True))
+
+        return make
+
+
 class Repo:
     """One aggregate's statements, each one round trip, on the unit of work's
     connection (so every repository of a unit of work shares its transaction)."""
@@ -153,17 +175,29 @@ class Repo:
         return self.conn.execute(sql, params).fetchall()
 
     def _read_one(
-        self, sql: str, params: Any = None, *, binary: bool = False
+        self,
+        sql: str,
+        params: Any = None,
+        *,
+        binary: bool = False,
+        rows: StatementRows | None = None,
     ) -> dict[str, Any] | None:
         """A read that needs no transaction of its own: when none is open yet, run it
         on its own (no BEGIN round trip). Reads at READ COMMITTED see a fresh snapshot
         per statement either way; anything that writes or locks opens the transaction.
         `binary`: the row comes in PostgreSQL's binary format (see LedgerRepository.
-        note_gate_snapshot); the values loaded are the same."""
+        note_gate_snapshot); the values loaded are the same. `rows`: the statement's
+        own row factory (StatementRows)."""
         if outside_transaction(self.conn):
             with self._on_its_own():
-                return self.conn.execute(sql, params, binary=binary).fetchone()
-        return self.conn.execute(sql, params, binary=binary).fetchone()
+                return self._fetch_one(sql, params, binary, rows)
+        return self._fetch_one(sql, params, binary, rows)
+
+    def _fetch_one(
+        self, sql: str, params: Any, binary: bool, rows: StatementRows | None
+    ) -> dict[str, Any] | None:
+        cursor = self.conn.cursor() if rows is None else self.conn.cursor(row_factory=rows)
+        return cursor.execute(sql, params, binary=binary).fetchone()
 
     @contextmanager
     def _on_its_own(self) -> Iterator[None]:

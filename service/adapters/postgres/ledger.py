@@ -17,6 +17,7 @@ from service.adapters.postgres.base import (
     HOUR,
     PRINCIPAL_USAGE_SQL,
     Repo,
+    StatementRows,
     outside_transaction,
 )
 from service.adapters.postgres.snapshots import (
@@ -45,6 +46,8 @@ from service.models import (
 )
 
 log = logging.getLogger(__name__)
+_SNAPSHOT_ROWS = StatementRows()
+_RECORDING_ROWS = StatementRows()
 
 
 class LedgerRepository(Repo):
@@ -104,7 +107,9 @@ class LedgerRepository(Repo):
             # Inside a transaction the record would commit only with it (and vanish
             # with a rollback): confirm the caller, and leave the record to the gate.
             token = confirm.token_hash if confirm is not None else None
-            row = self._read_one(NOTE_SNAPSHOT_SQL, params | {"token": token}, binary=True)
+            row = self._read_one(
+                NOTE_SNAPSHOT_SQL, params | {"token": token}, binary=True, rows=_SNAPSHOT_ROWS
+            )
             assert row is not None  # one row, whatever matched
             return note_snapshot_from_row(row, recorded=False)
         params |= remembered_params(confirm.principal) | {
@@ -114,7 +119,9 @@ class LedgerRepository(Repo):
             "client_addr": confirm.client_addr,
         }
         try:
-            row = self._read_one(NOTE_SNAPSHOT_RECORDING_SQL, params, binary=True)
+            row = self._read_one(
+                NOTE_SNAPSHOT_RECORDING_SQL, params, binary=True, rows=_RECORDING_ROWS
+            )
         except psycopg.OperationalError:
             raise  # the database is unreachable or timed out: the store answers 503
         except psycopg.Error as e:  # the append refused (or failed): fail closed

@@ -6,6 +6,7 @@ repositories (`uow.notes`, `uow.ledger`, ...), which all run on its connection.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -23,19 +24,48 @@ from service.adapters.postgres.tenants import TenantsRepository
 
 
 class UnitOfWork:
+    # Each repository is made when first used: a warm read uses one of the nine.
     def __init__(
         self, conn: psycopg.Connection[dict[str, Any]], group: AuditGroupCommit | None = None
     ) -> None:
         self.conn = conn
-        self.tenants = TenantsRepository(conn)
-        self.principals = PrincipalsRepository(conn)
-        self.patients = PatientsRepository(conn)
-        self.keys = KeysRepository(conn)
-        self.ledger = LedgerRepository(conn)
-        self.approvals = ApprovalsRepository(conn)
-        self.notes = NotesRepository(conn)
-        self.audit = AuditRepository(conn, group)
-        self.idp = IdpRepository(conn)
+        self._group = group
+
+    @cached_property
+    def tenants(self) -> TenantsRepository:
+        return TenantsRepository(self.conn)
+
+    @cached_property
+    def principals(self) -> PrincipalsRepository:
+        return PrincipalsRepository(self.conn)
+
+    @cached_property
+    def patients(self) -> PatientsRepository:
+        return PatientsRepository(self.conn)
+
+    @cached_property
+    def keys(self) -> KeysRepository:
+        return KeysRepository(self.conn)
+
+    @cached_property
+    def ledger(self) -> LedgerRepository:
+        return LedgerRepository(self.conn)
+
+    @cached_property
+    def approvals(self) -> ApprovalsRepository:
+        return ApprovalsRepository(self.conn)
+
+    @cached_property
+    def notes(self) -> NotesRepository:
+        return NotesRepository(self.conn)
+
+    @cached_property
+    def audit(self) -> AuditRepository:
+        return AuditRepository(self.conn, self._group)
+
+    @cached_property
+    def idp(self) -> IdpRepository:
+        return IdpRepository(self.conn)
 
     def commit(self) -> None:
         self.conn.commit()
