@@ -112,6 +112,29 @@ def test_a_rewritten_or_deleted_head_of_the_verified_checkpoint_is_found(
     assert not report.ok
 
 
+def test_a_record_numbered_below_1_is_found_though_it_sorts_before_the_verified_head(
+    verified: dict[str, Any], db_url: str
+) -> None:
+    # The table has no CHECK on seq (migration 0030): only the owner or a superuser can
+    # insert, and verify must see such a row even when it starts past the heads.
+    shard = next(iter(heads_of(verified["cp1"])))
+    with superuser(db_url) as conn:
+        conn.execute(
+            "INSERT INTO audit_events (shard, seq, prev_hash, hash, at, action, outcome)"
+            " VALUES (%s, 0, %s, %s, now(), 'note.read', 'granted')",
+            (shard, b"\0" * 32, b"\1" * 32),
+        )
+    try:
+        report = verified["svc"].verify(full=False)
+        assert report.mode == "incremental" and not report.ok
+        assert ("out-of-order", shard, 0) in {
+            (p["kind"], p["shard"], p["seq"]) for p in report.problems
+        }
+    finally:
+        with superuser(db_url) as conn:
+            conn.execute("DELETE FROM audit_events WHERE seq = 0")
+
+
 def test_a_verification_record_without_a_valid_signature_is_ignored(
     verified: dict[str, Any], db_url: str
 ) -> None:

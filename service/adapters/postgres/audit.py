@@ -141,7 +141,9 @@ class AuditRepository(Repo):
         FIELDS...), with `at` and the ids as text exactly as the canonical encoding has
         them (so the verifier converts nothing). `after`: shard -> the last seq already
         verified; only later records of those shards are read (an index range each),
-        and every record of any other shard."""
+        and every record of any other shard. Also any record numbered below 1 in those
+        shards: the append functions never write one, the table does not refuse one
+        (migration 0030), and it would sit before the verified head, unread."""
         with self.conn.cursor(name="audit_chain_records", row_factory=tuple_row) as cur:
             cur.itersize = batch
             if after:
@@ -149,7 +151,8 @@ class AuditRepository(Repo):
                 cur.execute(
                     f"SELECT {_CHAIN_COLUMNS} FROM unnest(%s::int[], %s::bigint[]) AS h(shard, seq)"
                     f" CROSS JOIN LATERAL (SELECT * FROM audit_events e WHERE e.shard = h.shard"
-                    f"   AND e.seq > h.seq) e"
+                    f"   AND e.seq > h.seq UNION ALL SELECT * FROM audit_events e"
+                    f"   WHERE e.shard = h.shard AND e.seq < 1) e"
                     f" UNION ALL SELECT {_CHAIN_COLUMNS} FROM audit_events e"
                     f"   WHERE e.shard <> ALL(%s::int[])"
                     f" ORDER BY 2, 3",
