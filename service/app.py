@@ -207,46 +207,52 @@ def create_app(
 
     in_flight = threading.BoundedSemaphore(settings.max_in_flight)
 
+    # The hooks run on every request: each reaches `g` and `request` once (every access
+    # through Flask's proxies is a context-variable lookup).
     @app.before_request
     def _start() -> None:
-        g.started = time.perf_counter()
-        rid = request.headers.get("X-Request-Id", "")
-        g.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid.uuid4())
-        g.log_token = request_id_var.set(g.request_id)
-        g.deadline_token = deadline.start(settings.request_timeout)
+        ctx, req = g._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]
+        ctx.started = time.perf_counter()
+        rid = req.headers.get("X-Request-Id", "")
+        ctx.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid.uuid4())
+        ctx.log_token = request_id_var.set(ctx.request_id)
+        ctx.deadline_token = deadline.start(settings.request_timeout)
         # One pooled connection for the whole request (authentication, then the use case).
-        g.db_scope = services.store.request_scope()
-        g.db_scope.__enter__()
-        if request.path in UNTHROTTLED_PATHS:
+        ctx.db_scope = services.store.request_scope()
+        ctx.db_scope.__enter__()
+        if req.path in UNTHROTTLED_PATHS:
             return
         # Shed load early: a request that cannot start within 50 ms gets a fast 503.
         if not in_flight.acquire(timeout=0.05):
             raise Overloaded()
-        g.slot = True
+        ctx.slot = True
         services.checkpointer.ensure_started()
 
     @app.teardown_request
     def _release(_exc: BaseException | None) -> None:
-        if g.pop("slot", False):
+        ctx = g._get_current_object()
+        if ctx.pop("slot", False):
             in_flight.release()
-        scope = g.pop("db_scope", None)
+        scope = ctx.pop("db_scope", None)
         if scope is not None:
             scope.__exit__(None, None, None)
         with contextlib.suppress(ValueError, KeyError):
-            deadline.reset(g.pop("deadline_token"))
+            deadline.reset(ctx.pop("deadline_token"))
         with contextlib.suppress(ValueError, KeyError):
-            request_id_var.reset(g.pop("log_token"))
+            request_id_var.reset(ctx.pop("log_token"))
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        response.headers["X-Request-Id"] = g.get("request_id", "")
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        route = request.url_rule.rule if request.url_rule else "<unmatched>"
-        started = g.get("started")
+        ctx, req = g._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]
+        headers = response.headers
+        headers["X-Request-Id"] = ctx.get("request_id", "")
+        headers["Cache-Control"] = "no-store"
+        headers["X-Content-Type-Options"] = "nosniff"
+        route = req.url_rule.rule if req.url_rule else "<unmatched>"
+        started = ctx.get("started")
         services.metrics.observe_request(
             route,
-            request.method,
+            req.method,
             response.status_code,
             None if started is None else time.perf_counter() - started,
         )

