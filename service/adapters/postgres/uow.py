@@ -6,7 +6,7 @@ repositories (`uow.notes`, `uow.ledger`, ...), which all run on its connection.
 
 from __future__ import annotations
 
-from functools import cached_property
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,48 +24,31 @@ from service.adapters.postgres.tenants import TenantsRepository
 
 
 class UnitOfWork:
-    # Each repository is made when first used: a warm read uses one of the nine.
+    # Each repository is made when first used (a warm read uses one of the nine):
+    # __getattr__ runs only for a name the instance does not hold yet, then it does.
+    tenants: TenantsRepository
+    principals: PrincipalsRepository
+    patients: PatientsRepository
+    keys: KeysRepository
+    ledger: LedgerRepository
+    approvals: ApprovalsRepository
+    notes: NotesRepository
+    audit: AuditRepository
+    idp: IdpRepository
+
     def __init__(
         self, conn: psycopg.Connection[dict[str, Any]], group: AuditGroupCommit | None = None
     ) -> None:
         self.conn = conn
         self._group = group
 
-    @cached_property
-    def tenants(self) -> TenantsRepository:
-        return TenantsRepository(self.conn)
-
-    @cached_property
-    def principals(self) -> PrincipalsRepository:
-        return PrincipalsRepository(self.conn)
-
-    @cached_property
-    def patients(self) -> PatientsRepository:
-        return PatientsRepository(self.conn)
-
-    @cached_property
-    def keys(self) -> KeysRepository:
-        return KeysRepository(self.conn)
-
-    @cached_property
-    def ledger(self) -> LedgerRepository:
-        return LedgerRepository(self.conn)
-
-    @cached_property
-    def approvals(self) -> ApprovalsRepository:
-        return ApprovalsRepository(self.conn)
-
-    @cached_property
-    def notes(self) -> NotesRepository:
-        return NotesRepository(self.conn)
-
-    @cached_property
-    def audit(self) -> AuditRepository:
-        return AuditRepository(self.conn, self._group)
-
-    @cached_property
-    def idp(self) -> IdpRepository:
-        return IdpRepository(self.conn)
+    def __getattr__(self, name: str) -> Any:
+        make = _REPOSITORIES.get(name)
+        if make is None:
+            raise AttributeError(name)
+        repository = make(self)
+        self.__dict__[name] = repository
+        return repository
 
     def commit(self) -> None:
         self.conn.commit()
@@ -75,3 +58,16 @@ class UnitOfWork:
 
     def ping(self) -> None:
         self.conn.execute("SELECT 1")
+
+
+_REPOSITORIES: dict[str, Callable[[UnitOfWork], Any]] = {
+    "tenants": lambda uow: TenantsRepository(uow.conn),
+    "principals": lambda uow: PrincipalsRepository(uow.conn),
+    "patients": lambda uow: PatientsRepository(uow.conn),
+    "keys": lambda uow: KeysRepository(uow.conn),
+    "ledger": lambda uow: LedgerRepository(uow.conn),
+    "approvals": lambda uow: ApprovalsRepository(uow.conn),
+    "notes": lambda uow: NotesRepository(uow.conn),
+    "audit": lambda uow: AuditRepository(uow.conn, uow._group),
+    "idp": lambda uow: IdpRepository(uow.conn),
+}
