@@ -189,6 +189,7 @@ class BaoServer:
     def pause(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
+        _wait_stopped(self.process.pid)
 
     def resume(self) -> None:
         assert self.process is not None
@@ -276,3 +277,21 @@ def url_with_user(url: str, user: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP takes effect thread by thread, as each next runs: wait until every thread
+    of `pid` shows as stopped in /proc, so that nothing is answered after `pause()`
+    returns (a fault test on a busy machine once saw a paused OpenBao still answer).
+    Returns at once where /proc is not there."""
+    tasks = Path(f"/proc/{pid}/task")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stats = [(task / "stat").read_text() for task in tasks.iterdir()]
+            states = [stat.rsplit(")", 1)[1].split()[0] for stat in stats]
+        except (OSError, IndexError):
+            return
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
