@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -224,3 +224,18 @@ class WriteGrant:
     via: str
     now: datetime
     key: PatientKeyRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewNote:
+    """A note to write with its first version, sealed: what `insert_note` and
+    `insert_note_charged` write, and what their callers build once."""
+
+    id: str
+    tenant_id: str
+    patient_id: str
+    kind: str
+    encounter_at: datetime | None
+    author_id: str
+    at: datetime
+    sealed: bytes = field(repr=False)

@@ -18,7 +18,7 @@ from service.access.roles import Permission, require
 from service.audit.service import AuditLog
 from service.clock import Clock
 from service.errors import Conflict, IntegrityFailure, NotFound, PreconditionFailed
-from service.models import NoteRow, NoteVersionRow, WriteGrant
+from service.models import NewNote, NoteRow, NoteVersionRow, Patient, WriteGrant
 from service.notes.sealing import (
     NoteContent,
     decode,
@@ -177,20 +177,8 @@ class NotesService:
                         reason="idempotent-replay",
                     )
                     return replay, True
-            # Sealed before the insert (the AAD names only ids known already), so the
-            # note and its first version go in with one statement.
-            aad = note_aad(
-                tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1
-            )
             note = tx.notes.insert_note(
-                note_id,
-                patient.tenant_id,
-                patient.id,
-                kind,
-                encounter_at,
-                caller.principal.id,
-                now,
-                sealed=seal(key, encode(content), aad=aad),
+                _new_note(caller, patient, note_id, kind, encounter_at, now, key, content)
             )
             self._audit.record(
                 tx,
@@ -220,19 +208,9 @@ class NotesService:
         changed, an error): the ordinary path then takes each step, and refuses and
         records what it must."""
         assert grant.key is not None and self._limiter is not None  # as `create` checked
-        patient, now = grant.patient, grant.now
-        aad = note_aad(
-            tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1
-        )
+        patient = grant.patient
         return tx.notes.insert_note_charged(
-            note_id,
-            patient.tenant_id,
-            patient.id,
-            kind,
-            encounter_at,
-            caller.principal.id,
-            now,
-            sealed=seal(key, encode(content), aad=aad),
+            _new_note(caller, patient, note_id, kind, encounter_at, grant.now, key, content),
             key=grant.key,
             write_limit=self._limiter.write.per_hour,
             record=self._audit.event(
@@ -390,3 +368,28 @@ class NotesService:
             views.append(NoteView(n, content))
         next_after = (page[-1].created_at, page[-1].id) if more and page else None
         return NotePage(views, next_after, budget)
+
+
+def _new_note(
+    caller: Caller,
+    patient: Patient,
+    note_id: str,
+    kind: str,
+    encounter_at: datetime | None,
+    now: datetime,
+    key: bytes,
+    content: NoteContent,
+) -> NewNote:
+    """A new note, sealed before the insert (the AAD names only ids known already), so
+    the note and its first version go in with one statement."""
+    aad = note_aad(tenant_id=patient.tenant_id, patient_id=patient.id, note_id=note_id, version=1)
+    return NewNote(
+        note_id,
+        patient.tenant_id,
+        patient.id,
+        kind,
+        encounter_at,
+        caller.principal.id,
+        now,
+        seal(key, encode(content), aad=aad),
+    )

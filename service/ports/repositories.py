@@ -14,6 +14,7 @@ from service.models import (
     BudgetUsage,
     Confirmation,
     GateSnapshot,
+    NewNote,
     NoteRow,
     NoteSnapshot,
     NoteVersionRow,
@@ -230,41 +231,18 @@ class NotesRepository(Protocol):
 
     def reseal_version(self, note_id: str, version: int, sealed: bytes) -> None: ...
 
-    def insert_note(
-        self,
-        note_id: str,
-        tenant_id: str,
-        patient_id: str,
-        kind: str,
-        encounter_at: datetime | None,
-        author_id: str,
-        now: datetime,
-        *,
-        sealed: bytes,
-    ) -> NoteRow:
-        """The note and its first version (`sealed`), together."""
+    def insert_note(self, new: NewNote) -> NoteRow:
+        """The note and its first version, together."""
         ...
 
     def insert_note_charged(
-        self,
-        note_id: str,
-        tenant_id: str,
-        patient_id: str,
-        kind: str,
-        encounter_at: datetime | None,
-        author_id: str,
-        now: datetime,
-        *,
-        sealed: bytes,
-        key: PatientKeyRow,
-        write_limit: int,
-        record: AuditEvent,
+        self, new: NewNote, *, key: PatientKeyRow, write_limit: int, record: AuditEvent
     ) -> NoteRow | None:
         """`insert_note`, charged to the author's hourly write limit (`write_limit`
-        distinct patients), `sealed` under `key`, with its audit record: all in one
-        call, or nothing. Returns the note as stored; None when nothing was written:
-        the author is suspended or at the limit, or `key` is no longer the patient's
-        key. The caller then takes its ordinary path."""
+        distinct patients), sealed under `key`, with its audit record: all in one call,
+        or nothing. Returns the note as stored; None when nothing was written: the
+        author is suspended or at the limit, or `key` is no longer the patient's key.
+        The caller then takes its ordinary path."""
         ...
 
     def insert_note_version(

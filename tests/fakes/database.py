@@ -12,6 +12,7 @@ from typing import Any
 from service.models import (
     Approval,
     AuditEvent,
+    NewNote,
     NoteRow,
     NoteVersionRow,
     PatientKeyRow,
@@ -55,54 +56,43 @@ class FakeApprovals(_Repo):
 
 
 class FakeNotes(_Repo):
-    def insert_note(
-        self,
-        note_id: str,
-        tenant_id: str,
-        patient_id: str,
-        kind: str,
-        encounter_at: datetime | None,
-        created_by: str,
-        now: datetime,
-        *,
-        sealed: bytes,
-    ) -> NoteRow:
+    def insert_note(self, new: NewNote) -> NoteRow:
         note = NoteRow(
-            note_id, tenant_id, patient_id, kind, "current", 1, encounter_at, created_by, now, now
+            new.id,
+            new.tenant_id,
+            new.patient_id,
+            new.kind,
+            "current",
+            1,
+            new.encounter_at,
+            new.author_id,
+            new.at,
+            new.at,
         )
-        self.s.notes[note_id] = note
-        self.insert_note_version(note_id, 1, sealed, created_by, now)
+        self.s.notes[new.id] = note
+        self.insert_note_version(new.id, 1, new.sealed, new.author_id, new.at)
         return note
 
     def insert_note_charged(
-        self,
-        note_id: str,
-        tenant_id: str,
-        patient_id: str,
-        kind: str,
-        encounter_at: datetime | None,
-        author_id: str,
-        now: datetime,
-        *,
-        sealed: bytes,
-        key: PatientKeyRow,
-        write_limit: int,
-        record: AuditEvent,
+        self, new: NewNote, *, key: PatientKeyRow, write_limit: int, record: AuditEvent
     ) -> NoteRow | None:
         """All or nothing, as the database's one statement: charged, key checked, the
         note and its record written; otherwise the state as it was."""
         self.db.one_call_creates += 1
         before = copy.deepcopy(self.db.state)
         charge = FakeLedger(self.db).charge_action(
-            tenant_id, author_id, "write", now, limit=write_limit, patient_id=patient_id
+            new.tenant_id,
+            new.author_id,
+            "write",
+            new.at,
+            limit=write_limit,
+            patient_id=new.patient_id,
         )
         try:
-            if charge.suspended or not charge.allowed or self.s.keys.get(patient_id) != key:
+            if charge.suspended or not charge.allowed or self.s.keys.get(new.patient_id) != key:
                 self.db.state = before
                 return None
-            note = self.insert_note(
-                note_id, tenant_id, patient_id, kind, encounter_at, author_id, now, sealed=sealed
-            )
+            note = self.insert_note(new)
             FakeAudit(self.db).insert_audit_event(record)
         except Exception:
             self.db.state = before

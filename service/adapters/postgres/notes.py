@@ -20,6 +20,7 @@ from service.adapters.postgres.base import (
 )
 from service.models import (
     AuditEvent,
+    NewNote,
     NoteRow,
     NoteVersionRow,
     PatientKeyRow,
@@ -65,18 +66,7 @@ class NotesRepository(Repo):
             (sealed, note_id, version),
         )
 
-    def insert_note(
-        self,
-        note_id: str,
-        tenant_id: str,
-        patient_id: str,
-        kind: str,
-        encounter_at: datetime | None,
-        author_id: str,
-        now: datetime,
-        *,
-        sealed: bytes,
-    ) -> NoteRow:
+    def insert_note(self, new: NewNote) -> NoteRow:
         # One statement: the version's foreign key is checked at its end, when the
         # note row exists.
         row = self._one(
@@ -88,33 +78,21 @@ class NotesRepository(Repo):
             " SELECT id, 1, %(sealed)s, %(a)s, %(now)s FROM n)"
             " SELECT * FROM n",
             {
-                "id": note_id,
-                "t": tenant_id,
-                "p": patient_id,
-                "k": kind,
-                "enc": encounter_at,
-                "a": author_id,
-                "now": now,
-                "sealed": sealed,
+                "id": new.id,
+                "t": new.tenant_id,
+                "p": new.patient_id,
+                "k": new.kind,
+                "enc": new.encounter_at,
+                "a": new.author_id,
+                "now": new.at,
+                "sealed": new.sealed,
             },
         )
         assert row is not None
         return _note(row)
 
     def insert_note_charged(
-        self,
-        note_id: str,
-        tenant_id: str,
-        patient_id: str,
-        kind: str,
-        encounter_at: datetime | None,
-        author_id: str,
-        now: datetime,
-        *,
-        sealed: bytes,
-        key: PatientKeyRow,
-        write_limit: int,
-        record: AuditEvent,
+        self, new: NewNote, *, key: PatientKeyRow, write_limit: int, record: AuditEvent
     ) -> NoteRow | None:
         """One statement on its own (migration 0029): one round trip, its own commit.
         Not attempted inside an open transaction (it could not be on its own)."""
@@ -125,18 +103,18 @@ class NotesRepository(Repo):
                 row = self._one(
                     CREATE_NOTE,
                     (
-                        tenant_id,
-                        author_id,
-                        patient_id,
-                        note_id,
-                        kind,
-                        encounter_at,
-                        now,
-                        sealed,
+                        new.tenant_id,
+                        new.author_id,
+                        new.patient_id,
+                        new.id,
+                        new.kind,
+                        new.encounter_at,
+                        new.at,
+                        new.sealed,
                         key.wrapped_key,
                         key.key_version,
-                        now - HOUR,
-                        now + CLOCK_SKEW,
+                        new.at - HOUR,
+                        new.at + CLOCK_SKEW,
                         write_limit,
                         *append_params(self.conn, record),
                     ),
