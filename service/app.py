@@ -193,12 +193,14 @@ def create_app(
     settings = settings or Settings.from_env()
     services = build_services(settings, clock=clock, store=store, keys=keys, metrics=metrics)
 
+    from service.http import admin, audit, fhir, health, me, notes, oauth, patients
+    from service.http.jsonprovider import FastJSONProvider
+
     app = Flask("sealednotes")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = FastJSONProvider(app)
+    app.json.sort_keys = False
     app.extensions["sealednotes"] = services
-
-    from service.http import admin, audit, fhir, health, me, notes, oauth, patients
 
     for bp in (health.bp, me.bp, patients.bp, notes.bp, admin.bp, audit.bp):
         app.register_blueprint(bp)

@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 request_id_var: ContextVar[str | None] = ContextVar("sealednotes_request_id", default=None)
 
 _PATTERNS = [
@@ -89,7 +91,10 @@ class RedactingJsonFormatter(logging.Formatter):
             entry["request_id"] = rid
         if record.exc_info:
             entry["exc"] = safe_trace(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        try:  # orjson: one line per request (the access line), so the faster encoder
+            return orjson.dumps(entry).decode("utf-8")
+        except orjson.JSONEncodeError:  # a lone surrogate in a message: escaped as before
+            return json.dumps(entry, ensure_ascii=False)
 
 
 class RedactionFilter(logging.Filter):
