@@ -72,6 +72,23 @@ class Metrics:
         # Labelled children by label values: prometheus_client's labels() validates
         # and locks on every call, and these are on every request.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def key_cache_lookup(self, result: str) -> None:
+        """A key cache lookup: "hit" or "miss" (every read asks)."""
+        self._child(self.key_cache, result).inc()
+
+    def key_release(self, outcome: str) -> None:
+        """A key release decision: "granted", "denied", "decoy" or "throttled"."""
+        self._child(self.key_releases, outcome).inc()
+
+    def _child(self, metric: Counter, value: str) -> Any:
+        # One label, a handful of values: their children made once.
+        key = (id(metric), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
 
     def observe_request(self, route: str, method: str, status: int, seconds: float | None) -> None:
         key = (route, method if method in KNOWN_METHODS else "OTHER", status)

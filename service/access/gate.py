@@ -148,7 +148,7 @@ class KeyReleaseGate:
                 note_id=note_id,
                 reason="not-on-care-team" if patient else "no-such-patient",
             )
-            self._metrics.key_releases.labels(outcome="denied").inc()
+            self._metrics.key_release("denied")
             self._deny_and_commit(tx, NotFound())
         assert patient is not None
         if patient.is_decoy:
@@ -167,7 +167,7 @@ class KeyReleaseGate:
             self._alerts.emit(
                 "decoy-accessed", tenant_id=p.tenant_id, principal_id=p.id, patient_id=patient.id
             )
-            self._metrics.key_releases.labels(outcome="decoy").inc()
+            self._metrics.key_release("decoy")
             self._deny_and_commit(tx, AccountSuspended())
         if patient.shredded_at is not None:
             self._audit.record(
@@ -205,7 +205,7 @@ class KeyReleaseGate:
             note_id=note_id,
             reason=scope,
         )
-        self._metrics.key_releases.labels(outcome="throttled").inc()
+        self._metrics.key_release("throttled")
         if scope == "tenant-hour":
             # Someone else's exhaustion of the tenant cap is not this caller's fault: it
             # never counts towards the caller's suspension. It is a tenant incident.
@@ -319,7 +319,7 @@ class KeyReleaseGate:
                 note_id=note_id,
                 reason="break-glass" if via == "break-glass" else None,
             )
-        self._metrics.key_releases.labels(outcome="granted").inc()
+        self._metrics.key_release("granted")
         return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
 
     def grant_write(

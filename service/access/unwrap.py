@@ -61,9 +61,9 @@ class KeyUnwrapper:
         ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
         cached = self._cache.get(ckey)
         if cached is not None:
-            self._metrics.key_cache.labels(result="hit").inc()
+            self._metrics.key_cache_lookup("hit")
             return cached
-        self._metrics.key_cache.labels(result="miss").inc()
+        self._metrics.key_cache_lookup("miss")
         try:
             key = self._keys.unwrap(
                 WrappedKey(row.wrapped_key, row.key_version),
@@ -106,7 +106,7 @@ class KeyUnwrapper:
             cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
         )
         if key is not None:
-            self._metrics.key_cache.labels(result="hit").inc()
+            self._metrics.key_cache_lookup("hit")
         return key
 
     def for_write(
