@@ -34,7 +34,7 @@ def _apps() -> tuple[Flask, Flask]:
 
 
 VALUES = [
-    {"id": "a1", "title": "Überweisung – Befund", "body": "x" * 3000 + "\n\t\"é😀", "n": 3},
+    {"id": "a1", "title": "Überweisung \u2013 Befund", "body": "x" * 3000 + '\n\t"é😀', "n": 3},
     {"when": datetime(2026, 12, 1, 16, 49, 31, tzinfo=UTC), "point": _Point(1)},
     {"big": 2**70, "neg": -(2**65)},
     {"lone": "a\ud800b"},
@@ -42,7 +42,9 @@ VALUES = [
 ]
 
 
-@pytest.mark.parametrize("value", VALUES, ids=["note", "flask-defaults", "bigint", "surrogate", "list"])
+@pytest.mark.parametrize(
+    "value", VALUES, ids=["note", "flask-defaults", "bigint", "surrogate", "list"]
+)
 def test_a_response_carries_the_same_json_value_as_flask_wrote(value: object) -> None:
     fast, plain = _apps()
     with fast.app_context():
@@ -92,7 +94,7 @@ def test_dumps_with_json_module_options_uses_the_json_module() -> None:
 
 
 def test_a_note_plaintext_round_trips_and_older_plaintexts_still_read() -> None:
-    content = NoteContent(title="Befund – ä", body="line\n" * 500 + "😀")
+    content = NoteContent(title="Befund \u2013 ä", body="line\n" * 500 + "😀")
     assert sealing.decode(sealing.encode(content)) == content
     # Versions sealed before: the json module's spelling (spaces, ensure_ascii=False).
     legacy = json.dumps({"t": content.title, "b": content.body}, ensure_ascii=False)

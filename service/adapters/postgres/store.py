@@ -212,19 +212,12 @@ class Store:
             finally:
                 conn.autocommit = False
 
-    @contextmanager
-    def request_scope(self) -> Iterator[None]:
+    def request_scope(self) -> AbstractContextManager[None]:
         """Within this block (one HTTP request), the units of work of this thread share
         one pooled connection, checked out at first use and returned at the end:
         authentication and the use case pay for one checkout, not two. A unit of
         work opened while another is still open gets a connection of its own."""
-        held = _Held()
-        token = _HELD.set(held)
-        try:
-            yield
-        finally:
-            _HELD.reset(token)
-            held.release()
+        return _RequestScope()
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
@@ -287,6 +280,21 @@ class Store:
             maintenance_role=maintenance_role,
             up_to=up_to,
         )
+
+
+class _RequestScope:
+    """Store.request_scope, as a plain class: it is entered on every request, and a
+    generator-based context manager costs several times more to make and run."""
+
+    __slots__ = ("_held", "_token")
+
+    def __enter__(self) -> None:
+        self._held = _Held()
+        self._token = _HELD.set(self._held)
+
+    def __exit__(self, *_exc: object) -> None:
+        _HELD.reset(self._token)
+        self._held.release()
 
 
 class _Held:

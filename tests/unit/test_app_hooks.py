@@ -1,0 +1,36 @@
+"""The request hooks' own shortcuts: request ids spelled as uuid4's, and Flask's
+coroutine check kept per function (never per bound method, which is new each time)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from service.app import _Flask, new_request_id
+
+
+def test_a_generated_request_id_is_a_random_version_4_uuid() -> None:
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert re.fullmatch(r"^[A-Za-z0-9._-]{1,64}$", rid)  # what a caller's id must match
+
+
+def test_the_coroutine_check_is_kept_per_function_only() -> None:
+    app = _Flask("t")
+
+    def view() -> str:
+        return "ok"
+
+    class Handler:
+        def handle(self) -> str:
+            return "ok"
+
+    assert app.ensure_sync(view) is view
+    assert app._sync == {view: view}
+    bound = Handler().handle
+    assert app.ensure_sync(bound) == bound
+    assert app._sync == {view: view}  # bound methods are new objects: not kept
