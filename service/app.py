@@ -193,6 +193,9 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_SYNC_CACHE_SIZE = 512  # the app's hooks and views number about a hundred
+
+
 class _Flask(Flask):
     """Flask asks, for every hook and view on every request, whether it is a coroutine
     function (inspect: ~5,000 instructions each, four or five times per request). The
@@ -203,10 +206,15 @@ class _Flask(Flask):
         self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # Plain functions only: a bound method is a new object each time, and a callable
+        # object may not be hashable. Bounded: a function made per request (a closure
+        # for after_this_request) must not be kept for ever.
+        if not isinstance(func, FunctionType):
+            return super().ensure_sync(func)
         found = self._sync.get(func)
         if found is None:
             found = super().ensure_sync(func)
-            if isinstance(func, FunctionType):  # a bound method is a new object each time
+            if len(self._sync) < _SYNC_CACHE_SIZE:
                 self._sync[func] = found
         return found
 

@@ -13,6 +13,11 @@ orjson refuses (a lone surrogate, an integer past 64 bits, an unknown type) is e
 by the standard library as before, escapes and errors alike. Requests are still parsed
 by the standard library: orjson would read an integer past 64 bits as a float, so a
 field's validation could see another value than the client sent.
+
+Two differences remain, neither reachable from the service's responses (no float field,
+enums are StrEnums, spelled alike): a NaN or infinite float comes as `null` (the json
+module wrote `NaN`, which is not JSON), and a plain Enum member as its value (the json
+module raised, a 500).
 """
 
 from __future__ import annotations

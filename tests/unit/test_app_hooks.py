@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import uuid
 
-from service.app import _Flask, new_request_id
+import pytest
+
+from service.adapters.postgres.store import Store
+from service.app import _SYNC_CACHE_SIZE, _Flask, new_request_id
 
 
 def test_a_generated_request_id_is_a_random_version_4_uuid() -> None:
@@ -34,3 +37,23 @@ def test_the_coroutine_check_is_kept_per_function_only() -> None:
     bound = Handler().handle
     assert app.ensure_sync(bound) == bound
     assert app._sync == {view: view}  # bound methods are new objects: not kept
+
+
+def test_the_coroutine_check_cache_is_bounded() -> None:
+    app = _Flask("t")
+    made = []
+    for i in range(_SYNC_CACHE_SIZE + 50):
+
+        def per_request(i: int = i) -> int:  # e.g. an after_this_request closure
+            return i
+
+        made.append(per_request)
+        assert app.ensure_sync(per_request) is per_request
+    assert len(app._sync) == _SYNC_CACHE_SIZE
+
+
+def test_a_request_scope_is_entered_once() -> None:
+    scope = Store("postgresql://app@db/x").request_scope()
+    with scope:
+        with pytest.raises(RuntimeError):
+            scope.__enter__()

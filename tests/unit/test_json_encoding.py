@@ -4,10 +4,14 @@ past 64 bits) the json module's answer, exactly as before."""
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import math
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import pytest
 from flask import Flask
@@ -22,6 +26,14 @@ from service.notes.sealing import NoteContent
 @dataclass
 class _Point:
     x: int
+
+
+class _Kind(enum.StrEnum):
+    PROGRESS = "progress"
+
+
+class _Plain(enum.Enum):
+    A = "a"
 
 
 def _apps() -> tuple[Flask, Flask]:
@@ -87,10 +99,44 @@ def test_sort_keys_and_debug_indentation_are_honoured() -> None:
         assert fast.json.response({"z": 1}).get_data() == b'{\n  "z": 1\n}\n'
 
 
-def test_dumps_with_json_module_options_uses_the_json_module() -> None:
+def test_dumps_is_compact_utf8_and_json_module_options_use_the_json_module() -> None:
     fast, _ = _apps()
+    assert fast.json.dumps({"a": "é", "b": [1, None]}) == '{"a":"é","b":[1,null]}'
     assert fast.json.dumps({"a": 1}, indent=1) == '{\n "a": 1\n}'
-    assert json.loads(fast.json.dumps({"a": "é"})) == {"a": "é"}
+
+
+def test_other_types_as_flask_wrote_them() -> None:
+    fast, plain = _apps()
+    value = {
+        "day": date(2026, 12, 1),
+        "id": uuid.UUID(int=5),
+        "amount": Decimal("1.50"),
+        "kind": _Kind.PROGRESS,
+    }
+    with fast.app_context():
+        ours = json.loads(fast.json.response(value).get_data())
+    with plain.app_context():
+        theirs = json.loads(plain.json.response(value).get_data())
+    assert (
+        ours
+        == theirs
+        == {
+            "day": "Tue, 01 Dec 2026 00:00:00 GMT",
+            "id": "00000000-0000-0000-0000-000000000005",
+            "amount": "1.50",
+            "kind": "progress",
+        }
+    )
+
+
+def test_the_two_documented_differences() -> None:
+    # Neither reaches a response of the service (no float field; enums are StrEnums).
+    fast, _ = _apps()
+    with fast.app_context():
+        assert fast.json.response([math.nan, math.inf]).get_data() == b"[null,null]\n"
+        assert fast.json.response([_Plain.A]).get_data() == b'["a"]\n'
+    with pytest.raises(ValueError):  # the json module spelled NaN, which is not JSON
+        json.dumps(math.nan, allow_nan=False)
 
 
 def test_a_note_plaintext_round_trips_and_older_plaintexts_still_read() -> None:

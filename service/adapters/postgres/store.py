@@ -293,6 +293,8 @@ class _RequestScope:
     __slots__ = ("_held", "_token")
 
     def __enter__(self) -> None:
+        if hasattr(self, "_held"):  # one block per scope, as with the generator before
+            raise RuntimeError("a request scope is entered once")
         self._held = _Held()
         self._token = _HELD.set(self._held)
 
