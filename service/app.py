@@ -7,11 +7,12 @@ lazily in the process that serves requests (after gunicorn forks).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from contextvars import Token
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FunctionType
@@ -183,14 +184,15 @@ def build_services(
     )
 
 
-def new_request_id() -> str:
-    """A random (version 4) UUID, spelled as str(uuid.uuid4()): uuid.UUID checks each of
-    its constructor's arguments, several thousand instructions on every request."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+def _reset_quietly(reset: Callable[[Token[Any]], None], token: Token[Any] | None) -> None:
+    """Reset a request's context variable. The token is absent when the request's start
+    hook did not get that far; one of another context (which cannot happen here) is not
+    worth failing the request's end for."""
+    if token is not None:
+        try:
+            reset(token)
+        except ValueError:
+            pass
 
 
 _SYNC_CACHE_SIZE = 512  # the app's hooks and views number about a hundred
@@ -253,7 +255,7 @@ def create_app(
         ctx, req = g._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]
         ctx.started = time.perf_counter()
         rid = req.environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-Id header
-        ctx.request_id = rid if REQUEST_ID_RE.match(rid) else new_request_id()
+        ctx.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid.uuid4())
         ctx.log_token = request_id_var.set(ctx.request_id)
         ctx.deadline_token = deadline.start(settings.request_timeout)
         # One pooled connection for the whole request (authentication, then the use case).
@@ -275,20 +277,8 @@ def create_app(
         scope = ctx.pop("db_scope", None)
         if scope is not None:
             scope.__exit__(None, None, None)
-        # Absent when _start did not get that far; a token of another context (which
-        # cannot happen here) is not worth failing the request's end for.
-        deadline_token = ctx.pop("deadline_token", None)
-        if deadline_token is not None:
-            try:
-                deadline.reset(deadline_token)
-            except ValueError:
-                pass
-        log_token = ctx.pop("log_token", None)
-        if log_token is not None:
-            try:
-                request_id_var.reset(log_token)
-            except ValueError:
-                pass
+        _reset_quietly(deadline.reset, ctx.pop("deadline_token", None))
+        _reset_quietly(request_id_var.reset, ctx.pop("log_token", None))
 
     @app.after_request
     def _finish(response: Response) -> Response:

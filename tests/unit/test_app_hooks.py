@@ -9,12 +9,22 @@ import uuid
 import pytest
 
 from service.adapters.postgres.store import Store
-from service.app import _SYNC_CACHE_SIZE, _Flask, new_request_id
+from service.app import _SYNC_CACHE_SIZE, _Flask, create_app
+from service.config import Settings
 
 
 def test_a_generated_request_id_is_a_random_version_4_uuid() -> None:
-    ids = {new_request_id() for _ in range(2000)}
-    assert len(ids) == 2000
+    # Nothing here connects: /healthz touches neither the database nor Vault.
+    app = create_app(
+        Settings(
+            database_url="postgresql://nobody@127.0.0.1:1/none",
+            vault_addr="http://127.0.0.1:1",
+            vault_token="unused",
+        )
+    )
+    client = app.test_client()
+    ids = {client.get("/healthz").headers["X-Request-Id"] for _ in range(300)}
+    assert len(ids) == 300
     for rid in ids:
         parsed = uuid.UUID(rid)
         assert str(parsed) == rid and parsed.version == 4
