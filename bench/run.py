@@ -43,7 +43,7 @@ from typing import Any
 from bench import auditbench, flame, micro, report, roundtrips
 from bench.httpcase import log, preflight, run_http_case
 from bench.loadgen import resolve_tool
-from bench.seed import seed_peers, seed_sealednotes
+from bench.seed import seed_background, seed_peers, seed_sealednotes
 from bench.stack import (
     REPO_ROOT,
     ServerProcess,
@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clinicians", type=int, default=16)
     p.add_argument("--patients-per-clinician", type=int, default=4)
     p.add_argument("--body-chars", type=int, default=2000, help="note body size")
+    p.add_argument(
+        "--background-notes",
+        type=int,
+        default=20_000,
+        help="another tenant's notes in every system's tables (a store in use, not empty)",
+    )
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument(
         "--audit-seconds", type=float, default=None, help="per audit run (default: seconds/2)"
@@ -170,6 +176,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             body_chars=args.body_chars,
         )
         seed_peers(stack, data)
+        if args.background_notes:
+            log(f"seeding {args.background_notes} notes of another tenant in every system")
+            seed_background(stack, notes=args.background_notes, body_chars=args.body_chars)
         stack.settle()
         shape = ServingShape(workers=args.workers, threads=args.threads, pool_size=args.threads)
         summary: dict[str, Any] = {
@@ -191,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "body_chars": args.body_chars,
                 "clinicians": args.clinicians,
                 "patients": args.clinicians * args.patients_per_clinician,
+                "background_notes": args.background_notes,
                 "python": sys.version.split()[0],
                 "revision": git_revision(),
                 "loadavg_start": round(os.getloadavg()[0], 2),

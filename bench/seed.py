@@ -229,6 +229,72 @@ def seed_peers(stack: Stack, data: Dataset) -> None:
         conn.commit()
 
 
+# Another tenant's notes, written by SQL as the schema owner: what a store holds besides
+# the benchmarked clinicians' few dozen. Without them every table is a few pages, and
+# PostgreSQL plans its lookups (the foreign-key checks of a new note among them) as
+# scans of those pages; the plans are cached per connection, so as the create case
+# grows a table by thousands of rows each check scans all of it, a cost no store in use
+# pays. Each peer's table gets as many rows of the same size.
+BACKGROUND_TENANT = "bench-background"
+_BACKGROUND_SEALEDNOTES = """
+WITH t AS (
+    INSERT INTO tenants (id, name, created_at)
+    VALUES (gen_random_uuid(), %(tenant)s, now()) RETURNING id
+), pr AS (
+    INSERT INTO principals (id, tenant_id, name, role, created_at)
+    SELECT gen_random_uuid(), t.id, 'bench-background-clinician', 'clinician', now() FROM t
+    RETURNING id, tenant_id
+), pt AS (
+    INSERT INTO patients (id, tenant_id, external_id_index, created_at)
+    SELECT gen_random_uuid(), t.id, 'bench-background-' || i, now()
+    FROM t, generate_series(1, %(patients)s) i
+    RETURNING id, tenant_id
+), n AS (
+    INSERT INTO notes (id, tenant_id, patient_id, kind, status, current_version,
+                       created_by, created_at, updated_at)
+    SELECT gen_random_uuid(), pt.tenant_id, pt.id, 'progress', 'current', 1, pr.id,
+           now(), now()
+    FROM pt, pr, generate_series(1, %(per_patient)s)
+    RETURNING id, created_by
+)
+INSERT INTO note_versions (note_id, version, sealed, author_id, created_at)
+SELECT n.id, 1, (SELECT string_agg(sha256((n.id::text || g)::bytea), ''::bytea)
+                 FROM generate_series(1, %(blocks)s) g), n.created_by, now()
+FROM n
+"""
+_BACKGROUND_PEER = """
+INSERT INTO {table} (id, tenant_id, patient_id, kind, {column}, created_by)
+SELECT gen_random_uuid(), t.id, p.id, 'progress',
+       {prefix} (SELECT string_agg(md5(p.id::text || k || g), '')
+                 FROM generate_series(1, %(blocks)s) g),
+       t.id
+FROM (SELECT gen_random_uuid() AS id) t,
+     (SELECT gen_random_uuid() AS id FROM generate_series(1, %(patients)s)) p,
+     generate_series(1, %(per_patient)s) k
+"""
+
+
+def seed_background(stack: Stack, *, notes: int, body_chars: int, per_patient: int = 5) -> None:
+    """`notes` notes of another tenant (`per_patient` per patient) in every system's
+    tables; no case reads or writes them."""
+    if notes <= 0:
+        return
+    args = {"patients": max(1, notes // per_patient), "per_patient": per_patient}
+    # Incompressible, about the size of a note of `body_chars` characters, sealed or not.
+    blocks = max(1, (body_chars + 100) // 32)
+    with psycopg.connect(stack.owner_url) as conn:
+        conn.execute(
+            _BACKGROUND_SEALEDNOTES, args | {"tenant": BACKGROUND_TENANT, "blocks": blocks}
+        )
+        for table, column, prefix in (
+            ("bench_peer_plaintext_notes", "body", ""),
+            ("bench_peer_transit_notes", "sealed", "'vault:v1:' ||"),
+        ):
+            query = _BACKGROUND_PEER.format(table=table, column=column, prefix=prefix)
+            conn.execute(query.encode(), args | {"blocks": blocks})
+        conn.commit()
+
+
 def check_response_body(raw: bytes, note: SeededNote) -> bool:
     """A read answered the seeded text (used by the pre-flight check)."""
     try:
