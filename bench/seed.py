@@ -229,32 +229,55 @@ def seed_peers(stack: Stack, data: Dataset) -> None:
         conn.commit()
 
 
-# Another tenant's notes, written by SQL as the schema owner: what a store holds besides
-# the benchmarked clinicians' few dozen. Without them every table is a few pages, and
-# PostgreSQL plans its lookups (the foreign-key checks of a new note among them) as
-# scans of those pages; the plans are cached per connection, so as the create case
-# grows a table by thousands of rows each check scans all of it, a cost no store in use
-# pays. Each peer's table gets as many rows of the same size.
+# Another tenant's clinicians, patients and notes, written by SQL as the schema owner:
+# what a store holds besides the benchmarked clinicians' few dozen rows. Without them
+# every table is a page or two, and PostgreSQL plans its lookups (the care team, the
+# day's releases, a new note's foreign-key checks) as scans of those pages; the plans
+# are cached per connection, so as the create case grows a table by thousands of rows
+# each check scans all of it, a cost no store in use pays. Each clinician has its
+# patients on its care team, their data keys, a token, and released each patient once
+# in the past day; each peer's tables get as many notes of the same size, and tokens.
 BACKGROUND_TENANT = "bench-background"
 _BACKGROUND_SEALEDNOTES = """
 WITH t AS (
-    INSERT INTO tenants (id, name, created_at)
-    VALUES (gen_random_uuid(), %(tenant)s, now()) RETURNING id
+    INSERT INTO tenants (id, name, created_at, release_per_hour)
+    VALUES (gen_random_uuid(), %(tenant)s, now(), 1000000) RETURNING id
 ), pr AS (
     INSERT INTO principals (id, tenant_id, name, role, created_at)
-    SELECT gen_random_uuid(), t.id, 'bench-background-clinician', 'clinician', now() FROM t
-    RETURNING id, tenant_id
+    SELECT gen_random_uuid(), t.id, 'bench-background-' || c, 'clinician', now()
+    FROM t, generate_series(0, %(clinicians)s - 1) c
+    RETURNING id, tenant_id, name
+), tk AS (
+    INSERT INTO tokens (token_hash, principal_id, created_at, expires_at)
+    SELECT sha256(convert_to(gen_random_uuid()::text, 'UTF8')), pr.id, now(),
+           now() + interval '1 day'
+    FROM pr
 ), pt AS (
     INSERT INTO patients (id, tenant_id, external_id_index, created_at)
     SELECT gen_random_uuid(), t.id, 'bench-background-' || i, now()
-    FROM t, generate_series(1, %(patients)s) i
-    RETURNING id, tenant_id
+    FROM t, generate_series(0, %(patients)s - 1) i
+    RETURNING id, tenant_id, external_id_index
+), mine AS (
+    SELECT pt.id AS patient_id, pt.tenant_id, pr.id AS principal_id
+    FROM pt JOIN pr ON pr.name = 'bench-background-'
+        || (substring(pt.external_id_index FROM '[0-9]+$')::integer %% %(clinicians)s)
+), ct AS (
+    INSERT INTO care_team (patient_id, principal_id, added_at)
+    SELECT patient_id, principal_id, now() FROM mine
+), k AS (
+    INSERT INTO patient_keys (patient_id, tenant_id, wrapped_key, key_version,
+                              created_at, updated_at)
+    SELECT patient_id, tenant_id, 'vault:v1:' || md5(patient_id::text), 1, now(), now()
+    FROM mine
+), kr AS (
+    INSERT INTO key_releases (principal_id, tenant_id, patient_id, released_at)
+    SELECT principal_id, tenant_id, patient_id, now() - interval '2 hours' FROM mine
 ), n AS (
     INSERT INTO notes (id, tenant_id, patient_id, kind, status, current_version,
                        created_by, created_at, updated_at)
-    SELECT gen_random_uuid(), pt.tenant_id, pt.id, 'progress', 'current', 1, pr.id,
-           now(), now()
-    FROM pt, pr, generate_series(1, %(per_patient)s)
+    SELECT gen_random_uuid(), mine.tenant_id, mine.patient_id, 'progress', 'current', 1,
+           mine.principal_id, now(), now()
+    FROM mine, generate_series(1, %(per_patient)s)
     RETURNING id, created_by
 )
 INSERT INTO note_versions (note_id, version, sealed, author_id, created_at)
@@ -274,12 +297,19 @@ FROM (SELECT gen_random_uuid() AS id) t,
 """
 
 
-def seed_background(stack: Stack, *, notes: int, body_chars: int, per_patient: int = 5) -> None:
-    """`notes` notes of another tenant (`per_patient` per patient) in every system's
-    tables; no case reads or writes them."""
+def seed_background(
+    stack: Stack, *, notes: int, body_chars: int, per_patient: int = 5, per_clinician: int = 4
+) -> None:
+    """`notes` notes of another tenant (`per_patient` per patient, `per_clinician`
+    patients per clinician) in every system's tables; no case reads or writes them."""
     if notes <= 0:
         return
-    args = {"patients": max(1, notes // per_patient), "per_patient": per_patient}
+    patients = max(1, notes // per_patient)
+    args = {
+        "patients": patients,
+        "per_patient": per_patient,
+        "clinicians": max(1, patients // per_clinician),
+    }
     # Incompressible, about the size of a note of `body_chars` characters, sealed or not.
     blocks = max(1, (body_chars + 100) // 32)
     with psycopg.connect(stack.owner_url) as conn:
@@ -292,6 +322,12 @@ def seed_background(stack: Stack, *, notes: int, body_chars: int, per_patient: i
         ):
             query = _BACKGROUND_PEER.format(table=table, column=column, prefix=prefix)
             conn.execute(query.encode(), args | {"blocks": blocks})
+        conn.execute(
+            "INSERT INTO bench_peer_tokens (token_hash, principal_id, tenant_id, expires_at)"
+            " SELECT sha256(convert_to(gen_random_uuid()::text, 'UTF8')), gen_random_uuid(),"
+            " gen_random_uuid(), now() + interval '1 day' FROM generate_series(1, %(clinicians)s)",
+            args,
+        )
         conn.commit()
 
 
