@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import requests
 
 from service.models import Role
@@ -90,3 +91,47 @@ def test_limited_actions_are_charged_only_at_read_committed(app_db_url: str) -> 
         " NULL, now(), now() - interval '1 hour', now(), 10)",
         (some, [some], some),
     )
+
+
+_CHARGE = (
+    "SELECT * FROM sealednotes_charge_action(%s, %s::uuid[], %s, 'write', NULL, now(),"
+    " now() - interval '1 hour', now() + interval '5 minutes', 1000)"
+)
+
+
+def _locked(db_url: str, principal_id: str) -> bool:
+    """Whether another transaction holds a lock on the principal's row."""
+    with psycopg.connect(db_url) as other:
+        try:
+            other.execute("SET lock_timeout = '50ms'")
+            other.execute("SELECT 1 FROM principals WHERE id = %s FOR UPDATE", (principal_id,))
+            return False
+        except psycopg.errors.LockNotAvailable:
+            return True
+
+
+def test_the_charge_locks_each_given_account_of_its_tenant_and_reads_the_callers_suspension(
+    stack: StackHelper, db_url: str, app_db_url: str
+) -> None:
+    """The charge locks the caller's row and any target's (ascending id, each once, its
+    tenant's only) until the transaction ends, and reads the caller's suspension from
+    the locked row: the count after it sees every action committed before."""
+    t, other = stack.tenant(), stack.tenant()
+    caller, colleague = stack.clinician(t), stack.clinician(t)
+    stranger = stack.clinician(other)
+    ids = [colleague.id, stranger.id, caller.id, colleague.id, None]
+    with psycopg.connect(app_db_url) as conn:
+        row = conn.execute(_CHARGE, (t.id, ids, caller.id)).fetchone()
+        assert row is not None and row[0] is False and row[1] is True  # active, charged
+        assert _locked(db_url, caller.id) and _locked(db_url, colleague.id)
+        assert not _locked(db_url, stranger.id)  # another tenant's row: left alone
+    assert not _locked(db_url, caller.id)  # released with the transaction
+
+    with psycopg.connect(db_url) as owner:
+        owner.execute("UPDATE principals SET suspended_at = now() WHERE id = %s", (caller.id,))
+    with psycopg.connect(app_db_url) as conn:
+        suspended = conn.execute(_CHARGE, (t.id, [caller.id], caller.id)).fetchone()
+        assert suspended is not None and suspended[0] is True and suspended[1] is False
+        # A caller outside the tenant is refused like a suspended one.
+        outside = conn.execute(_CHARGE, (other.id, [caller.id], caller.id)).fetchone()
+        assert outside is not None and outside[0] is True and outside[1] is False
