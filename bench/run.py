@@ -176,9 +176,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             body_chars=args.body_chars,
         )
         seed_peers(stack, data)
-        if args.background_notes:
-            log(f"seeding {args.background_notes} notes of another tenant in every system")
-            seed_background(stack, notes=args.background_notes, body_chars=args.body_chars)
+        background = 0
+        if args.background_notes > 0:
+            log(f"seeding ~{args.background_notes} notes of another tenant in every system")
+            background = seed_background(
+                stack, notes=args.background_notes, body_chars=args.body_chars
+            )
         stack.settle()
         shape = ServingShape(workers=args.workers, threads=args.threads, pool_size=args.threads)
         summary: dict[str, Any] = {
@@ -200,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "body_chars": args.body_chars,
                 "clinicians": args.clinicians,
                 "patients": args.clinicians * args.patients_per_clinician,
-                "background_notes": args.background_notes,
+                "background_notes": background,
                 "python": sys.version.split()[0],
                 "revision": git_revision(),
                 "loadavg_start": round(os.getloadavg()[0], 2),

@@ -299,12 +299,13 @@ FROM (SELECT gen_random_uuid() AS id) t,
 
 def seed_background(
     stack: Stack, *, notes: int, body_chars: int, per_patient: int = 5, per_clinician: int = 4
-) -> None:
-    """`notes` notes of another tenant (`per_patient` per patient, `per_clinician`
-    patients per clinician) in every system's tables; no case reads or writes them."""
+) -> int:
+    """About `notes` notes of another tenant (`per_patient` per patient, `per_clinician`
+    patients per clinician) in every system's tables; no case reads or writes them.
+    Returns how many notes each system got (a multiple of `per_patient`)."""
     if notes <= 0:
-        return
-    patients = max(1, notes // per_patient)
+        return 0
+    patients = max(1, round(notes / per_patient))
     args = {
         "patients": patients,
         "per_patient": per_patient,
@@ -329,6 +330,7 @@ def seed_background(
             args,
         )
         conn.commit()
+    return patients * per_patient
 
 
 def check_response_body(raw: bytes, note: SeededNote) -> bool:

@@ -100,11 +100,13 @@ _CHARGE = (
 
 
 def _locked(db_url: str, principal_id: str) -> bool:
-    """Whether another transaction holds a lock on the principal's row."""
+    """Whether another transaction holds the principal's row at least FOR NO KEY UPDATE:
+    a FOR SHARE probe waits on that (and on FOR UPDATE), not on a weaker FOR SHARE or FOR
+    KEY SHARE, which would let two charges count at once."""
     with psycopg.connect(db_url) as other:
         try:
             other.execute("SET lock_timeout = '50ms'")
-            other.execute("SELECT 1 FROM principals WHERE id = %s FOR UPDATE", (principal_id,))
+            other.execute("SELECT 1 FROM principals WHERE id = %s FOR SHARE", (principal_id,))
             return False
         except psycopg.errors.LockNotAvailable:
             return True
@@ -113,9 +115,11 @@ def _locked(db_url: str, principal_id: str) -> bool:
 def test_the_charge_locks_each_given_account_of_its_tenant_and_reads_the_callers_suspension(
     stack: StackHelper, db_url: str, app_db_url: str
 ) -> None:
-    """The charge locks the caller's row and any target's (ascending id, each once, its
-    tenant's only) until the transaction ends, and reads the caller's suspension from
-    the locked row: the count after it sees every action committed before."""
+    """The charge locks the caller's row and any target's (its tenant's only; given twice
+    or null, still fine) until the transaction ends, and reads the caller's suspension
+    from the locked row. The order of the locks (ascending id, so admins acting on each
+    other wait rather than deadlock) is
+    test_concurrent_admin_decisions.py::test_two_admins_acting_on_each_other_never_deadlock."""
     t, other = stack.tenant(), stack.tenant()
     caller, colleague = stack.clinician(t), stack.clinician(t)
     stranger = stack.clinician(other)
