@@ -16,6 +16,7 @@ from bench.peers import SCHEMA
 from bench.seed import BACKGROUND_TENANT, seed_background
 from service.adapters.postgres import Store
 from service.devtools.stack import database_url, ensure_database
+from tests.conftest import APP_ROLE
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def bench_db(pg_admin_url: str) -> Iterator[str]:
     name = f"sealednotes_test_bench_{secrets.token_hex(4)}"
     ensure_database(pg_admin_url, name, drop=True)
     url = database_url(pg_admin_url, name)
-    Store(url).migrate(app_role=f"sealednotes_test_bench_app_{secrets.token_hex(4)}")
+    Store(url).migrate(app_role=APP_ROLE)  # the suite's role: nothing left behind
     with psycopg.connect(url) as conn:
         conn.execute(SCHEMA.encode())
     yield url
