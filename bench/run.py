@@ -176,12 +176,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             body_chars=args.body_chars,
         )
         seed_peers(stack, data)
-        background = 0
-        if args.background_notes > 0:
-            log(f"seeding ~{args.background_notes} notes of another tenant in every system")
-            background = seed_background(
-                stack, notes=args.background_notes, body_chars=args.body_chars
-            )
+        log(f"seeding ~{args.background_notes} notes of another tenant in every system")
+        background = seed_background(
+            stack.owner_url, notes=args.background_notes, body_chars=args.body_chars
+        )
         stack.settle()
         shape = ServingShape(workers=args.workers, threads=args.threads, pool_size=args.threads)
         summary: dict[str, Any] = {

@@ -245,39 +245,43 @@ WITH t AS (
 ), pr AS (
     INSERT INTO principals (id, tenant_id, name, role, created_at)
     SELECT gen_random_uuid(), t.id, 'bench-background-' || c, 'clinician', now()
-    FROM t, generate_series(0, %(clinicians)s - 1) c
-    RETURNING id, tenant_id, name
+    FROM t, generate_series(1, %(clinicians)s) c
+    RETURNING id, tenant_id
 ), tk AS (
     INSERT INTO tokens (token_hash, principal_id, created_at, expires_at)
     SELECT sha256(convert_to(gen_random_uuid()::text, 'UTF8')), pr.id, now(),
            now() + interval '1 day'
     FROM pr
+), mine AS (
+    -- Each clinician's patients, their ids drawn here (a CTE calling a volatile
+    -- function is evaluated once), so every row below agrees on who is whose.
+    SELECT gen_random_uuid() AS patient_id, pr.tenant_id, pr.id AS principal_id
+    FROM pr, generate_series(1, %(per_clinician)s)
 ), pt AS (
     INSERT INTO patients (id, tenant_id, external_id_index, created_at)
-    SELECT gen_random_uuid(), t.id, 'bench-background-' || i, now()
-    FROM t, generate_series(0, %(patients)s - 1) i
-    RETURNING id, tenant_id, external_id_index
-), mine AS (
-    SELECT pt.id AS patient_id, pt.tenant_id, pr.id AS principal_id
-    FROM pt JOIN pr ON pr.name = 'bench-background-'
-        || (substring(pt.external_id_index FROM '[0-9]+$')::integer %% %(clinicians)s)
+    SELECT patient_id, tenant_id, 'bench-background-' || patient_id, now() FROM mine
+    RETURNING id
+), placed AS (
+    -- Read through the insert's RETURNING, so the patients are written before the rows
+    -- below, whose triggers (the release guard) look them up.
+    SELECT mine.* FROM mine JOIN pt ON pt.id = mine.patient_id
 ), ct AS (
     INSERT INTO care_team (patient_id, principal_id, added_at)
-    SELECT patient_id, principal_id, now() FROM mine
+    SELECT patient_id, principal_id, now() FROM placed
 ), k AS (
     INSERT INTO patient_keys (patient_id, tenant_id, wrapped_key, key_version,
                               created_at, updated_at)
     SELECT patient_id, tenant_id, 'vault:v1:' || md5(patient_id::text), 1, now(), now()
-    FROM mine
+    FROM placed
 ), kr AS (
     INSERT INTO key_releases (principal_id, tenant_id, patient_id, released_at)
-    SELECT principal_id, tenant_id, patient_id, now() - interval '2 hours' FROM mine
+    SELECT principal_id, tenant_id, patient_id, now() - interval '2 hours' FROM placed
 ), n AS (
     INSERT INTO notes (id, tenant_id, patient_id, kind, status, current_version,
                        created_by, created_at, updated_at)
-    SELECT gen_random_uuid(), mine.tenant_id, mine.patient_id, 'progress', 'current', 1,
-           mine.principal_id, now(), now()
-    FROM mine, generate_series(1, %(per_patient)s)
+    SELECT gen_random_uuid(), placed.tenant_id, placed.patient_id, 'progress', 'current', 1,
+           placed.principal_id, now(), now()
+    FROM placed, generate_series(1, %(per_patient)s)
     RETURNING id, created_by
 )
 INSERT INTO note_versions (note_id, version, sealed, author_id, created_at)
@@ -298,31 +302,30 @@ FROM (SELECT gen_random_uuid() AS id) t,
 
 
 def seed_background(
-    stack: Stack, *, notes: int, body_chars: int, per_patient: int = 5, per_clinician: int = 4
+    owner_url: str, *, notes: int, body_chars: int, per_patient: int = 5, per_clinician: int = 4
 ) -> int:
     """About `notes` notes of another tenant (`per_patient` per patient, `per_clinician`
-    patients per clinician) in every system's tables; no case reads or writes them.
-    Returns how many notes each system got (a multiple of `per_patient`)."""
+    patients per clinician) in every system's tables, as the schema owner; no case reads
+    or writes them. Returns how many notes each system got."""
     if notes <= 0:
         return 0
-    patients = max(1, round(notes / per_patient))
+    clinicians = max(1, round(notes / (per_patient * per_clinician)))
     args = {
-        "patients": patients,
+        "clinicians": clinicians,
+        "per_clinician": per_clinician,
+        "patients": clinicians * per_clinician,
         "per_patient": per_patient,
-        "clinicians": max(1, patients // per_clinician),
+        # Incompressible, about the size of a note of `body_chars` characters.
+        "blocks": max(1, (body_chars + 100) // 32),
     }
-    # Incompressible, about the size of a note of `body_chars` characters, sealed or not.
-    blocks = max(1, (body_chars + 100) // 32)
-    with psycopg.connect(stack.owner_url) as conn:
-        conn.execute(
-            _BACKGROUND_SEALEDNOTES, args | {"tenant": BACKGROUND_TENANT, "blocks": blocks}
-        )
+    with psycopg.connect(owner_url) as conn:
+        conn.execute(_BACKGROUND_SEALEDNOTES, args | {"tenant": BACKGROUND_TENANT})
         for table, column, prefix in (
             ("bench_peer_plaintext_notes", "body", ""),
             ("bench_peer_transit_notes", "sealed", "'vault:v1:' ||"),
         ):
             query = _BACKGROUND_PEER.format(table=table, column=column, prefix=prefix)
-            conn.execute(query.encode(), args | {"blocks": blocks})
+            conn.execute(query.encode(), args)
         conn.execute(
             "INSERT INTO bench_peer_tokens (token_hash, principal_id, tenant_id, expires_at)"
             " SELECT sha256(convert_to(gen_random_uuid()::text, 'UTF8')), gen_random_uuid(),"
@@ -330,7 +333,7 @@ def seed_background(
             args,
         )
         conn.commit()
-    return patients * per_patient
+    return clinicians * per_clinician * per_patient
 
 
 def check_response_body(raw: bytes, note: SeededNote) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -33,7 +32,7 @@ def bench_db(pg_admin_url: str) -> Iterator[str]:
 
 
 def test_every_system_gets_the_same_background_and_it_hangs_together(bench_db: str) -> None:
-    seed_background(SimpleNamespace(owner_url=bench_db), notes=400, body_chars=2000)  # type: ignore[arg-type]
+    assert seed_background(bench_db, notes=400, body_chars=2000) == 400
     with psycopg.connect(bench_db) as conn:
 
         def one(sql: str) -> int:
