@@ -5,6 +5,9 @@ re-read, records the grant (LedgerRepository.note_gate_snapshot)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from service.adapters.postgres.base import _NO_USAGE, PRINCIPAL_USAGE_SQL, _note, _principal
@@ -42,14 +45,20 @@ _SAME_PRINCIPAL = " AND ".join(
 
 
 def principal_from_pr_row(row: dict[str, Any]) -> Principal:
-    return _principal({column: row[f"pr_{column}"] for column, _, _ in PRINCIPAL_FIELDS})
+    return _principal({column: row[key] for column, key in _PR_KEYS})
 
 
-def remembered_params(remembered: Principal) -> dict[str, Any]:
-    """The remembered account's fields, as WARM_REREAD compares them."""
-    values = {field: getattr(remembered, field) for _, field, _ in PRINCIPAL_FIELDS}
-    values["role"] = remembered.role.value
-    return {f"c_{column}": values[field] for column, field, _ in PRINCIPAL_FIELDS}
+_PR_KEYS = tuple((column, f"pr_{column}") for column, _, _ in PRINCIPAL_FIELDS)
+_C_KEYS = tuple((f"c_{column}", field) for column, field, _ in PRINCIPAL_FIELDS)
+
+
+@lru_cache(maxsize=4096)
+def remembered_params(remembered: Principal) -> Mapping[str, Any]:
+    """The remembered account's fields, as WARM_REREAD compares them: made once per
+    account as remembered (a remembered caller makes many requests), read-only."""
+    values = {key: getattr(remembered, field) for key, field in _C_KEYS}
+    values["c_role"] = remembered.role.value
+    return MappingProxyType(values)
 
 
 # A remembered caller's confirmation: its live token (service/access/remembered.py).

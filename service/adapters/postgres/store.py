@@ -119,6 +119,11 @@ class Store:
         return self._group
 
     def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+        # Every request asks: once this process has its pool, answer without the lock
+        # (under load, the worker's threads queued on it).
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            return pool
         with self._lock:
             if self._pool is None or self._pid != os.getpid():
                 self._pool = psycopg_pool.ConnectionPool(
