@@ -112,7 +112,8 @@ class LedgerRepository(Repo):
             )
             assert row is not None  # one row, whatever matched
             return note_snapshot_from_row(row, recorded=False)
-        params |= remembered_params(confirm.principal) | {
+        params.update(remembered_params(confirm.principal))
+        params |= {
             "token": confirm.token_hash,
             "shard": self.conn.info.backend_pid % auditchain.SHARDS,
             "request_id": confirm.request_id,
