@@ -21,12 +21,10 @@ from service.adapters.postgres.base import (
     outside_transaction,
 )
 from service.adapters.postgres.snapshots import (
+    GATE_SNAPSHOT_CONFIRMING_SQL,
+    GATE_SNAPSHOT_SQL,
     NOTE_SNAPSHOT_RECORDING_SQL,
     NOTE_SNAPSHOT_SQL,
-    PRINCIPAL_AS_PR,
-    SNAPSHOT_COLUMNS,
-    SNAPSHOT_JOINS,
-    TOKEN_VALID,
     gate_snapshot_from_row,
     note_snapshot_from_row,
     remembered_params,
@@ -67,13 +65,7 @@ class LedgerRepository(Repo):
         the token is its live one."""
         confirm = token_hash is not None
         row = self._read_one(
-            "SELECT "
-            + (PRINCIPAL_AS_PR + ", " + TOKEN_VALID + ", " if confirm else "")
-            + SNAPSHOT_COLUMNS
-            + " FROM principals pr"
-            " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s"
-            + SNAPSHOT_JOINS.format(patient="%(pt)s")
-            + " WHERE pr.id = %(p)s",
+            GATE_SNAPSHOT_CONFIRMING_SQL if confirm else GATE_SNAPSHOT_SQL,
             self._window(principal_id, tenant_id, now, pt=patient_id) | {"token": token_hash},
         )
         return gate_snapshot_from_row(row, with_principal=confirm)

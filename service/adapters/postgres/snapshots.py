@@ -89,6 +89,20 @@ SNAPSHOT_JOINS = (
 )
 
 
+# A patient's gate snapshot (LedgerRepository.gate_snapshot); for a remembered caller,
+# with the principal as stored and whether its token is live.
+_GATE_SNAPSHOT_FROM = (
+    " FROM principals pr"
+    " LEFT JOIN patients pt ON pt.tenant_id = %(t)s AND pt.id = %(pt)s"
+    + SNAPSHOT_JOINS.format(patient="%(pt)s")
+    + " WHERE pr.id = %(p)s"
+)
+GATE_SNAPSHOT_SQL = "SELECT " + SNAPSHOT_COLUMNS + _GATE_SNAPSHOT_FROM
+GATE_SNAPSHOT_CONFIRMING_SQL = (
+    "SELECT " + PRINCIPAL_AS_PR + ", " + TOKEN_VALID + ", " + SNAPSHOT_COLUMNS + _GATE_SNAPSHOT_FROM
+)
+
+
 def gate_snapshot_from_row(
     row: dict[str, Any] | None, *, with_principal: bool = False
 ) -> GateSnapshot:
