@@ -146,6 +146,7 @@ def run_http_case(
             log(
                 f"{case}: {name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
                 f"p99 {result.p99_ms:.2f} ms, {result.errors} errors"
+                + (f" {result.error_kinds}" if result.error_kinds else "")
             )
             slices[name].append(result)
     combined = {name: combine(r) for name, r in slices.items()}

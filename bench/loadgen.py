@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     mean_ms: float
+    # What the errors were (the Python generator only): status codes ("503") and
+    # socket failures (the exception's name), so a failed request can be looked into.
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -100,6 +104,7 @@ def combine(results: list[LoadResult]) -> LoadResult:
         p50_ms=weighted([r.p50_ms for r in results]),
         p99_ms=weighted([r.p99_ms for r in results]),
         mean_ms=weighted([r.mean_ms for r in results]),
+        error_kinds=dict(sum((Counter(r.error_kinds) for r in results), Counter())),
     )
 
 
@@ -235,6 +240,7 @@ class _Tally:
     requests: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -287,11 +293,13 @@ async def _connection(
             tally.requests += 1
             if status >= 400:
                 tally.errors += 1
+                tally.kinds[str(status)] += 1
             if close:
                 writer.close()
                 writer = None
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:
             tally.errors += 1
+            tally.kinds[type(e).__name__] += 1
             if writer is not None:
                 writer.close()
             writer = None
@@ -302,7 +310,7 @@ async def _connection(
 
 def _python_process(
     base_url: str, wire: list[bytes], connections: int, offset: int, seconds: float
-) -> tuple[int, int, float, list[float]]:
+) -> tuple[int, int, float, list[float], dict[str, int]]:
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
 
@@ -320,7 +328,14 @@ def _python_process(
 
     elapsed, tallies = asyncio.run(main())
     latencies = [x for t in tallies for x in t.latencies]
-    return sum(t.requests for t in tallies), sum(t.errors for t in tallies), elapsed, latencies
+    kinds = sum((t.kinds for t in tallies), Counter())
+    return (
+        sum(t.requests for t in tallies),
+        sum(t.errors for t in tallies),
+        elapsed,
+        latencies,
+        dict(kinds),
+    )
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -360,4 +375,5 @@ def _run_python(
         p50_ms=_percentile(latencies, 50) * 1000,
         p99_ms=_percentile(latencies, 99) * 1000,
         mean_ms=(sum(latencies) / len(latencies) * 1000) if latencies else math.nan,
+        error_kinds=dict(sum((Counter(r[4]) for r in results), Counter())),
     )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 from bench import report
-from bench.loadgen import LoadResult
+from bench.loadgen import HttpRequest, LoadResult, combine, run_load
 
 
 def _result(rps: float) -> LoadResult:
@@ -30,3 +35,43 @@ def test_agreeing_slices_give_a_verdict() -> None:
     ratios = _read([1520, 1480])
     assert ratios["sealednotes_vs_plaintext"]["met"] is True
     assert ratios["sealednotes_vs_plaintext"]["noisy"] == []
+
+
+def test_combined_slices_add_up_their_error_kinds() -> None:
+    a = replace(_result(100.0), errors=2, error_kinds={"503": 1, "ConnectionResetError": 1})
+    b = replace(_result(100.0), errors=1, error_kinds={"503": 1})
+    combined = combine([a, b])
+    assert combined.errors == 3
+    assert combined.error_kinds == {"503": 2, "ConnectionResetError": 1}
+    assert combined.as_dict()["error_kinds"] == {"503": 2, "ConnectionResetError": 1}
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_python_load_generator_says_what_the_errors_were(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_load(
+            url,
+            [HttpRequest.get("/v1/notes/x", "t")],
+            seconds=0.5,
+            connections=2,
+            tool="python",
+            workdir=tmp_path,
+        )
+    finally:
+        server.shutdown()
+    assert result.errors == result.requests > 0
+    assert result.error_kinds == {"503": result.errors}
