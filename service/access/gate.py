@@ -298,6 +298,18 @@ class KeyReleaseGate:
         usage, exceeded = self.policy.charge(tx, caller, patient.id, now, snap.usage, via=via)
         if exceeded is not None:
             self._throttle(tx, caller, patient.id, note_id, action, exceeded, now)
+        # The grant is recorded once the key is in hand (with `key.unwrap` when Vault
+        # was asked), unless the read's statement recorded it already.
+        grant = None
+        if not recorded:
+            grant = self._audit.event(
+                action=action,
+                outcome="granted",
+                caller=caller,
+                patient_id=patient.id,
+                note_id=note_id,
+                reason="break-glass" if via == "break-glass" else None,
+            )
         key = self._unwrapper.unwrap(
             tx,
             caller,
@@ -308,17 +320,8 @@ class KeyReleaseGate:
             note_id=note_id,
             snapshot=snap,
             granted_already=recorded,
+            grant=grant,
         )
-        if not recorded:
-            self._audit.record(
-                tx,
-                action=action,
-                outcome="granted",
-                caller=caller,
-                patient_id=patient.id,
-                note_id=note_id,
-                reason="break-glass" if via == "break-glass" else None,
-            )
         self._metrics.key_release("granted")
         return Release(key, patient, via, self.budget_status(caller.principal, usage, now))
 

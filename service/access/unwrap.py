@@ -15,7 +15,7 @@ from service.adapters.alerts import Alerter
 from service.audit.service import AuditLog
 from service.errors import IntegrityFailure, KeyServiceThrottled, ServiceError
 from service.metrics import Metrics
-from service.models import GateSnapshot, Patient, PatientKeyRow
+from service.models import AuditEvent, GateSnapshot, Patient, PatientKeyRow
 from service.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -50,18 +50,23 @@ class KeyUnwrapper:
         for_write: bool = False,
         snapshot: GateSnapshot | None = None,
         granted_already: bool = False,
+        grant: AuditEvent | None = None,
     ) -> bytes | None:
         """The patient's data key (None: it has none yet). `granted_already`: the read's
         grant is on record before the unwrap (a warm re-read, service/access/warmread.py),
         so a failure of the unwrap is recorded too: the log never shows a grant alone for
-        a read that returned nothing."""
+        a read that returned nothing. `grant`: the read's grant, recorded here once the
+        key is in hand, in the same append as `key.unwrap` when Vault was asked (one
+        round trip and one commit for both on a cold read, not two)."""
         row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
         if row is None:
+            self._record(tx, grant)
             return None
         ckey = cache_key(patient.tenant_id, patient.id, row.key_version, row.wrapped_key)
         cached = self._cache.get(ckey)
         if cached is not None:
             self._metrics.key_cache_lookup("hit")
+            self._record(tx, grant)
             return cached
         self._metrics.key_cache_lookup("miss")
         try:
@@ -86,8 +91,7 @@ class KeyUnwrapper:
             raise
         # Vault logs every unwrap with its derivation context; this record names the
         # request that caused it, so `audit reconcile` can match the two one to one.
-        self._audit.record(
-            tx,
+        unwrapped = self._audit.event(
             action="key.unwrap",
             outcome="granted",
             caller=caller,
@@ -95,8 +99,13 @@ class KeyUnwrapper:
             note_id=note_id,
             reason=cause,
         )
+        self._audit.append(tx, unwrapped, *([grant] if grant is not None else []))
         self._cache.put(ckey, key)
         return key
+
+    def _record(self, tx: UnitOfWork, grant: AuditEvent | None) -> None:
+        if grant is not None:
+            self._audit.append(tx, grant)
 
     def cached(self, patient: Patient, row: PatientKeyRow | None) -> bytes | None:
         """The key if this worker holds it (no Vault call, so nothing to record)."""

@@ -53,6 +53,12 @@ class AuditLog:
         tx.audit.insert_audit_event(self.event(action=action, outcome=outcome, **about))
 
     @staticmethod
+    def append(tx: UnitOfWork, *events: AuditEvent) -> None:
+        """Records made with `event`, appended together (one round trip when the unit
+        of work has written nothing: service/adapters/postgres/groupcommit.py)."""
+        tx.audit.insert_audit_event(*events)
+
+    @staticmethod
     def event(*, action: str, outcome: str, **about: Unpack[EventFields]) -> AuditEvent:
         """The record `record` appends, for a repository that appends it together with
         the change it records (NotesRepository.insert_note_charged)."""

@@ -282,7 +282,7 @@ class NotesRepository(Protocol):
 
 
 class AuditRepository(Protocol):
-    def insert_audit_event(self, event: AuditEvent) -> None: ...
+    def insert_audit_event(self, *events: AuditEvent) -> None: ...
 
     def set_actor(
         self,

@@ -151,12 +151,12 @@ class FakeNotes(_Repo):
 
 
 class FakeAudit(_Repo):
-    def insert_audit_event(self, event: AuditEvent) -> None:
+    def insert_audit_event(self, *events: AuditEvent) -> None:
         if self.db.audit_fails:
             from service.errors import AuditUnavailable
 
             raise AuditUnavailable()
-        self.s.audit.append(event)
+        self.s.audit.extend(events)
 
     def set_actor(self, **actor: Any) -> None:
         self.s.actor = actor

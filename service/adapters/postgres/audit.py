@@ -46,23 +46,24 @@ class AuditRepository(Repo):
         super().__init__(conn)
         self._group = group
 
-    def insert_audit_event(self, event: AuditEvent) -> None:
-        """Append to an audit chain. Fails closed: AuditUnavailable."""
+    def insert_audit_event(self, *events: AuditEvent) -> None:
+        """Append to an audit chain, in this order. Fails closed: AuditUnavailable."""
         if self._group is not None and outside_transaction(self.conn):
-            # The unit of work has written nothing (a warm read): the record commits
-            # on its own, together with those of concurrent requests, before this
+            # The unit of work has written nothing (a warm read): the records commit
+            # on their own, together with those of concurrent requests, before this
             # returns; no BEGIN or COMMIT of its own.
-            self._group.append(self.conn, [event])
+            self._group.append(self.conn, list(events))
             return
-        params = append_params(self.conn, event)
-        try:
-            # One round trip: the function takes the shard's lock (held until commit,
-            # so committed records of a shard are always a gapless prefix), dates the
-            # record by the database clock, chains and inserts it.
-            self.conn.execute(APPEND, params)
-        except psycopg.Error as e:
-            log.error("audit write failed: %s", type(e).__name__)
-            raise AuditUnavailable() from e
+        for event in events:
+            params = append_params(self.conn, event)
+            try:
+                # One round trip: the function takes the shard's lock (held until
+                # commit, so committed records of a shard are always a gapless prefix),
+                # dates the record by the database clock, chains and inserts it.
+                self.conn.execute(APPEND, params)
+            except psycopg.Error as e:
+                log.error("audit write failed: %s", type(e).__name__)
+                raise AuditUnavailable() from e
 
     def set_actor(
         self,
