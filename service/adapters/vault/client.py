@@ -41,6 +41,15 @@ class _WithinDeadline(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac 
             raise
 
 
+def _environment_verify() -> str | bool:
+    """TLS verification as hvac and requests would resolve it from the environment on
+    each request: Vault's CA file or directory first, then requests' CA bundle."""
+    for name in ("VAULT_CACERT", "VAULT_CAPATH", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return True
+
+
 class VaultClient:
     def __init__(
         self,
@@ -88,8 +97,18 @@ class VaultClient:
     def _new_client(self) -> hvac.Client:
         token = self._file_token() if self._token_file else self._token
         client = hvac.Client(
-            url=self._addr, token=token, timeout=self._timeout, adapter=_WithinDeadline
+            url=self._addr,
+            token=token,
+            timeout=self._timeout,
+            adapter=_WithinDeadline,
+            verify=_environment_verify(),
+            proxies=requests.utils.get_environ_proxies(self._addr),
         )
+        # requests reads the proxy, no-proxy, CA bundle and netrc settings from the
+        # environment again on every request (a scan of os.environ: about half an
+        # unwrap's Python time, measured). They are resolved once, above, with the same
+        # precedence; a Vault token needs no netrc credentials.
+        client.adapter.session.trust_env = False
         if self._role_id and self._secret_id:
             resp = client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)
             ttl = resp["auth"].get("lease_duration")
