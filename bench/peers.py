@@ -14,7 +14,9 @@ every create (encrypt). Connections are autocommit, so each statement is one
 round trip and there is no BEGIN/COMMIT.
 
 Environment: ``BENCH_PEER_MODE``, ``BENCH_PEER_DATABASE_URL``,
-``BENCH_PEER_POOL_SIZE``, and for transit ``VAULT_ADDR`` and ``VAULT_TOKEN``.
+``BENCH_PEER_POOL_SIZE``, and for transit ``VAULT_ADDR``, ``VAULT_TOKEN`` and
+``BENCH_PEER_LEAN_VAULT=1`` (the HTTP session does not re-read the environment on
+every call, as Sealed Notes' Vault client).
 """
 
 from __future__ import annotations
@@ -118,6 +120,10 @@ class PeerBackend:
                 self._vault = hvac.Client(
                     url=os.environ["VAULT_ADDR"], token=os.environ["VAULT_TOKEN"], timeout=2
                 )
+                if os.environ.get("BENCH_PEER_LEAN_VAULT") == "1":
+                    # As Sealed Notes' own client: requests no longer reads proxy and
+                    # CA settings from the environment again on every Transit call.
+                    self._vault.adapter.session.trust_env = False
             self._pid = os.getpid()
 
     def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:

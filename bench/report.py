@@ -10,18 +10,21 @@ from bench.loadgen import LoadResult
 from bench.micro import MicroResult
 from bench.roundtrips import Timing, Trace
 
-SYSTEMS = ("plaintext", "sealednotes", "transit", "plaintext-sync")
+SYSTEMS = ("plaintext", "sealednotes", "transit", "plaintext-sync", "transit-lean")
 LABELS = {
     "plaintext": "plaintext peer (Flask+psycopg)",
     "sealednotes": "Sealed Notes",
     "transit": "Vault-Transit-per-note peer",
     "plaintext-sync": "plaintext peer, sync workers",
+    "transit-lean": "Transit peer, lean HTTP client",
 }
 # Targets (README, Performance): Sealed Notes / peer throughput. The plaintext peer
-# at its own best shape (sync workers) is reported, without a target.
+# at its own best shape (sync workers) and the Transit peer with its HTTP session set
+# up as Sealed Notes' Vault client (no environment lookups per call) are reported,
+# without a target.
 TARGETS: dict[str, dict[str, float | None]] = {
-    "read": {"plaintext": 0.6, "transit": 1.5, "plaintext-sync": None},
-    "create": {"plaintext": 0.5, "transit": 1.2},
+    "read": {"plaintext": 0.6, "transit": 1.5, "plaintext-sync": None, "transit-lean": None},
+    "create": {"plaintext": 0.5, "transit": 1.2, "transit-lean": None},
 }
 
 

@@ -212,6 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "plaintext": peer_server(stack, "plaintext", shape, workdir),
                 "sealednotes": sealednotes_server(stack, shape, workdir / "metrics", workdir),
                 "transit": peer_server(stack, "transit", shape, workdir),
+                "transit-lean": peer_server(stack, "transit", shape, workdir, lean_vault=True),
             }
             if "read" in args.only:
                 servers["plaintext-sync"] = peer_server(

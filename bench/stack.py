@@ -256,10 +256,12 @@ def peer_server(
     keepalive: int = 5,
     *,
     sync: bool = False,
+    lean_vault: bool = False,
 ) -> ServerProcess:
     """A comparison server from `bench.peers` under gunicorn: gthread in the same
     shape as Sealed Notes, or (`sync`) the peer at its own best: plain sync workers,
-    2 x cores + 1 of them, one connection each."""
+    2 x cores + 1 of them, one connection each. `lean_vault`: the Transit peer's HTTP
+    session set up as Sealed Notes' own (no environment lookups per call)."""
     port = free_port()
     if sync:
         shape = ServingShape(workers=2 * (os.cpu_count() or 1) + 1, threads=1, pool_size=1)
@@ -287,5 +289,7 @@ def peer_server(
         "BENCH_PEER_POOL_SIZE": str(shape.pool_size),
         "VAULT_ADDR": stack.bao.addr,
         "VAULT_TOKEN": stack.bao.root_token,
+        "BENCH_PEER_LEAN_VAULT": "1" if lean_vault else "0",
     }
-    return ServerProcess(f"peer-{mode}{'-sync' if sync else ''}", argv, env, workdir, port)
+    suffix = ("-sync" if sync else "") + ("-lean" if lean_vault else "")
+    return ServerProcess(f"peer-{mode}{suffix}", argv, env, workdir, port)
