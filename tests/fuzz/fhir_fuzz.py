@@ -103,19 +103,22 @@ def aim(env: Any, case: Any, op: str) -> None:
                 "client_assertion_type": ASSERTION_TYPE,
                 "client_assertion": assertion(env),
             }
-    if op in ("fhirCreateDocumentReference", "fhirUpdateDocumentReference") and body_positive:
-        if isinstance(case.body, dict) and _odd(case.body):
-            # the care-team patient: the note of env.notes[0] is about it
-            status = case.body.get("status")
-            case.body = document(env.patients[0])
-            if status == "entered-in-error" and op == "fhirUpdateDocumentReference":
-                case.body["status"] = status
-                _void_a_fresh_note(env, case)
+    # The coin is tossed on the generated body, before aiming replaces it: tossed on the
+    # aimed body, which names this run's random patient id, it came up differently from run
+    # to run, and in some runs no update carried a current If-Match (no 2xx at all).
+    body_aimed = body_positive and isinstance(case.body, dict) and _odd(case.body)
+    if op in ("fhirCreateDocumentReference", "fhirUpdateDocumentReference") and body_aimed:
+        # the care-team patient: the note of env.notes[0] is about it
+        status = case.body.get("status")
+        case.body = document(env.patients[0])
+        if status == "entered-in-error" and op == "fhirUpdateDocumentReference":
+            case.body["status"] = status
+            _void_a_fresh_note(env, case)
     if op == "fhirUpdateDocumentReference" and not is_negative_at(case, ParameterLocation.HEADER):
         # The current version, on the same half of the cases whose body was aimed above
         # (and on half of the rest), so some updates get past the precondition; the
         # generator often leaves If-Match out, which only ever meets 428.
-        if _odd(case.body) or (
+        if body_aimed or (
             case.headers is not None and "If-Match" in case.headers and _odd(case.headers)
         ):
             case.headers = {**(case.headers or {}), "If-Match": f'W/"{env.extra["fhir_version"]}"'}
