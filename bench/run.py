@@ -212,8 +212,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "plaintext": peer_server(stack, "plaintext", shape, workdir),
                 "sealednotes": sealednotes_server(stack, shape, workdir / "metrics", workdir),
                 "transit": peer_server(stack, "transit", shape, workdir),
-                "transit-lean": peer_server(stack, "transit", shape, workdir, lean_vault=True),
             }
+            if {"read", "create"} & args.only:
+                servers["transit-lean"] = peer_server(
+                    stack, "transit", shape, workdir, lean_vault=True
+                )
             if "read" in args.only:
                 servers["plaintext-sync"] = peer_server(
                     stack, "plaintext", shape, workdir, sync=True
@@ -239,9 +242,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 summary["flame_graph"] = str(svg) if svg else "py-spy unavailable"
             if "create" in args.only:
-                three = {k: v for k, v in servers.items() if k != "plaintext-sync"}
+                gthread = {k: v for k, v in servers.items() if k != "plaintext-sync"}
                 summary["create"] = run_http_case(
-                    "create", data.create_requests(), three, stack, args, workdir
+                    "create", data.create_requests(), gthread, stack, args, workdir
                 )
             for server in servers.values():
                 server.stop()

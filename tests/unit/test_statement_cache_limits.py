@@ -4,7 +4,9 @@ MAX_CACHED_STATEMENT_LENGTH bytes with at most MAX_CACHED_STATEMENT_PARAMS param
 A longer statement is scanned again on every execution: the warm read's statement made
 31 bytes too long (4,118) cost about 500,000 more Python instructions per read (1.62 ->
 2.12 million, callgrind), a third of the whole request. Every statement the PostgreSQL
-adapter keeps as a module constant stays within both limits."""
+adapter keeps as a module constant stays within both limits. (psycopg counts the keys of
+the parameters passed, which may be more than the statement's placeholders: the warm
+read passes 20, the placeholders' count here is the lower bound.)"""
 
 from __future__ import annotations
 

@@ -48,6 +48,8 @@ class AuditRepository(Repo):
 
     def insert_audit_event(self, *events: AuditEvent) -> None:
         """Append to an audit chain, in this order. Fails closed: AuditUnavailable."""
+        if not events:
+            return
         if self._group is not None and outside_transaction(self.conn):
             # The unit of work has written nothing (a warm read): the records commit
             # on their own, together with those of concurrent requests, before this

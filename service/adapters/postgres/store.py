@@ -57,6 +57,9 @@ def _conninfo_keys(conninfo: str) -> set[str]:
         return set()  # the connection attempt will report the bad URL
 
 
+_Pool = psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]
+
+
 class Store:
     def __init__(
         self,
@@ -72,6 +75,9 @@ class Store:
         self._timeout = timeout
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
         self._pid: int | None = None
+        # (pid, pool) in one attribute, set last: a thread that skips the lock reads
+        # both at once, never one process's pool with another's id.
+        self._ready: tuple[int, _Pool] | None = None
         self._lock = threading.Lock()
         self._group: AuditGroupCommit | None = None
         self._group_pid: int | None = None
@@ -121,9 +127,9 @@ class Store:
     def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:
         # Every request asks: once this process has its pool, answer without the lock
         # (under load, the worker's threads queued on it).
-        pool = self._pool
-        if pool is not None and self._pid == os.getpid():
-            return pool
+        ready = self._ready
+        if ready is not None and ready[0] == os.getpid():
+            return ready[1]
         with self._lock:
             if self._pool is None or self._pid != os.getpid():
                 self._pool = psycopg_pool.ConnectionPool(
@@ -140,6 +146,7 @@ class Store:
                 )
                 self._pool.open(wait=False)
                 self._pid = os.getpid()
+                self._ready = (self._pid, self._pool)
             return self._pool
 
     def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
@@ -200,6 +207,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            self._ready = None
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None
