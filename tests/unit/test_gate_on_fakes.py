@@ -8,6 +8,7 @@ what is committed when a request fails) is cheap to pin down.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -290,3 +291,55 @@ def test_budget_status_reports_what_is_left_and_when_it_resets(w: World):
     assert (status.limit, status.remaining) == (3, 1)
     assert status.reset_seconds == 50 * 60
     assert (status.day_limit, status.day_remaining) == (5, 3)
+
+
+def _appends(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
+    """Every call appending audit records, as (action, outcome) pairs, committed or not."""
+    from tests.fakes.database import FakeAudit
+
+    calls: list[list[tuple[str, str]]] = []
+    insert = FakeAudit.insert_audit_event
+
+    def spy(self: FakeAudit, *events: Any) -> None:
+        calls.append([(e.action, e.outcome) for e in events])
+        insert(self, *events)
+
+    monkeypatch.setattr(FakeAudit, "insert_audit_event", spy)
+    return calls
+
+
+def test_a_cold_read_appends_its_unwrap_and_its_grant_together_in_that_order(
+    w: World, monkeypatch: pytest.MonkeyPatch
+):
+    pid = w.patient("p1")
+    w.write(pid)
+    calls = _appends(monkeypatch)
+    w.read(pid)
+    assert calls == [[("key.unwrap", "granted"), ("note.read", "granted")]]
+
+
+def test_a_cached_read_appends_its_grant_alone(monkeypatch: pytest.MonkeyPatch):
+    w = World(cache_ttl=60.0)
+    pid = w.patient("p1")
+    w.write(pid)
+    w.read(pid)
+    calls = _appends(monkeypatch)
+    w.read(pid)
+    assert calls == [[("note.read", "granted")]]
+
+
+def test_a_read_whose_unwrap_fails_appends_no_grant(w: World, monkeypatch: pytest.MonkeyPatch):
+    from service.errors import KeyServiceUnavailable
+
+    pid = w.patient("p1")
+    w.write(pid)
+    calls = _appends(monkeypatch)
+
+    def down(*_args: Any, **_kwargs: Any) -> bytes:
+        raise KeyServiceUnavailable()
+
+    monkeypatch.setattr(w.keys, "unwrap", down)
+    with pytest.raises(KeyServiceUnavailable):
+        w.read(pid)
+    assert ("note.read", "granted") not in [pair for call in calls for pair in call]
+    assert w.audit(action="note.read", outcome="granted") == []
