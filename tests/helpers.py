@@ -209,3 +209,16 @@ def assert_refused_outside_read_committed(url: str, statement: str, params: Any)
             with pytest.raises(psycopg.Error) as raised:
                 conn.execute(statement, params)
             assert raised.value.sqlstate == "SN409"
+
+
+def request_records(
+    db_url: str, request_id: str, columns: str = "action, outcome, reason"
+) -> list[tuple[Any, ...]]:
+    """The audit records of one request (its X-Request-Id), in log order: `columns` of
+    each (a fixed column list written by the test, never input)."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            f"SELECT {columns} FROM audit_events WHERE request_id = %s ORDER BY at, seq",
+            (request_id,),
+        ).fetchall()
+    return [tuple(r) for r in rows]

@@ -5,20 +5,16 @@ records, in the same order, and the chain verifies. Against PostgreSQL and OpenB
 
 from __future__ import annotations
 
-import psycopg
+from typing import Any
+
 from flask import Flask
 
-from tests.helpers import Api, StackHelper, seed_patients
+from tests.helpers import Api, StackHelper, request_records, seed_patients
 
 
-def _records(db_url: str, request_id: str) -> list[tuple[str, str, str | None, str]]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT action, outcome, reason, xmin::text FROM audit_events"
-            " WHERE request_id = %s ORDER BY at, seq",
-            (request_id,),
-        ).fetchall()
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
+def _records(db_url: str, request_id: str) -> list[tuple[Any, ...]]:
+    # xmin: records appended in one transaction share it
+    return request_records(db_url, request_id, "action, outcome, reason, xmin::text")
 
 
 def test_a_cold_reread_appends_the_unwrap_and_the_grant_in_one_commit(

@@ -7,6 +7,7 @@ decided on the remembered copy."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 from flask import Flask
@@ -15,16 +16,11 @@ from service.clock import ManualClock
 from service.config import Budgets
 from service.models import Role
 from tests.conftest import AppFactory
-from tests.helpers import Api, StackHelper, Who, seed_patients
+from tests.helpers import Api, StackHelper, Who, request_records, seed_patients
 
 
-def _records(db_url: str, request_id: str) -> list[tuple[str, str]]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT action, outcome FROM audit_events WHERE request_id = %s ORDER BY seq",
-            (request_id,),
-        ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+def _records(db_url: str, request_id: str) -> list[tuple[Any, ...]]:
+    return request_records(db_url, request_id, "action, outcome")
 
 
 def _remembered(app: Flask) -> int:

@@ -16,17 +16,11 @@ from service.access.authentication import hash_token
 from service.access.caller import Caller
 from service.errors import KeyServiceThrottled, KeyServiceUnavailable
 from service.models import Confirmation
-from tests.helpers import Api, StackHelper, seed_patients
+from tests.helpers import Api, StackHelper, request_records, seed_patients
 
 
-def _records(db_url: str, request_id: str) -> list[tuple[str, str, str | None]]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT action, outcome, reason FROM audit_events WHERE request_id = %s"
-            " ORDER BY at, seq",
-            (request_id,),
-        ).fetchall()
-    return [(r[0], r[1], r[2]) for r in rows]
+def _records(db_url: str, request_id: str) -> list[tuple[Any, ...]]:
+    return request_records(db_url, request_id)
 
 
 @pytest.fixture
