@@ -99,13 +99,12 @@ class KeyUnwrapper:
             note_id=note_id,
             reason=cause,
         )
-        self._audit.append(tx, unwrapped, *([grant] if grant is not None else []))
+        self._record(tx, unwrapped, grant)
         self._cache.put(ckey, key)
         return key
 
-    def _record(self, tx: UnitOfWork, grant: AuditEvent | None) -> None:
-        if grant is not None:
-            self._audit.append(tx, grant)
+    def _record(self, tx: UnitOfWork, *events: AuditEvent | None) -> None:
+        self._audit.append(tx, *(e for e in events if e is not None))
 
     def cached(self, patient: Patient, row: PatientKeyRow | None) -> bytes | None:
         """The key if this worker holds it (no Vault call, so nothing to record)."""

@@ -73,11 +73,10 @@ class Store:
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
-        self._pid: int | None = None
-        # (pid, pool) in one attribute, set last: a thread that skips the lock reads
-        # both at once, never one process's pool with another's id.
-        self._ready: tuple[int, _Pool] | None = None
+        # This process's pool and its id, in one attribute: a thread that skips the
+        # lock reads both at once, never one process's pool with another's id (after
+        # a fork the child makes its own: sockets are never shared across processes).
+        self._pool: tuple[int, _Pool] | None = None
         self._lock = threading.Lock()
         self._group: AuditGroupCommit | None = None
         self._group_pid: int | None = None
@@ -124,15 +123,16 @@ class Store:
                     self._group_pid = os.getpid()
         return self._group
 
-    def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+    def pool(self) -> _Pool:
         # Every request asks: once this process has its pool, answer without the lock
         # (under load, the worker's threads queued on it).
-        ready = self._ready
-        if ready is not None and ready[0] == os.getpid():
-            return ready[1]
+        held = self._pool
+        if held is not None and held[0] == os.getpid():
+            return held[1]
         with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                self._pool = psycopg_pool.ConnectionPool(
+            held = self._pool
+            if held is None or held[0] != os.getpid():
+                pool: _Pool = psycopg_pool.ConnectionPool(
                     self._conninfo,
                     min_size=self._min_size,
                     max_size=self._max_size,
@@ -144,10 +144,9 @@ class Store:
                     open=False,
                     name="sealednotes",
                 )
-                self._pool.open(wait=False)
-                self._pid = os.getpid()
-                self._ready = (self._pid, self._pool)
-            return self._pool
+                pool.open(wait=False)
+                held = self._pool = (os.getpid(), pool)
+            return held[1]
 
     def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
         # A connection used moments ago is healthy enough to try; one that sat idle
@@ -207,10 +206,9 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            self._ready = None
-            if self._pool is not None and self._pid == os.getpid():
-                self._pool.close()
-            self._pool = None
+            held, self._pool = self._pool, None
+            if held is not None and held[0] == os.getpid():
+                held[1].close()
 
     @contextmanager
     def transaction(self) -> Iterator[UnitOfWork]:
