@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -163,7 +164,7 @@ class AuditRepository(Repo):
                 )
             else:
                 cur.execute(f"SELECT {_CHAIN_COLUMNS} FROM audit_events e ORDER BY shard, seq")
-            yield from cur
+            yield from _read_ahead(cur, batch)
 
     def records_at(
         self, positions: list[tuple[int, int]]
@@ -273,6 +274,19 @@ class AuditRepository(Repo):
                 {"since": since},
             )
             yield from cur
+
+
+def _read_ahead(cur: psycopg.ServerCursor[Any], batch: int) -> Iterator[Any]:
+    """The cursor's rows, each batch fetched by a helper thread while the caller works
+    through the one before: PostgreSQL reads and prints the next records (on another
+    core) while the verifier hashes these. Only the helper uses the connection until
+    the last fetch has returned, even when the caller stops early (the executor waits
+    for it on exit)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-read-ahead") as helper:
+        pending = helper.submit(cur.fetchmany, batch)
+        while rows := pending.result():
+            pending = helper.submit(cur.fetchmany, batch)
+            yield from rows
 
 
 # The verifier's columns: ids and time as text exactly as the canonical encoding has them.
