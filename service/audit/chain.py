@@ -62,9 +62,14 @@ _dumps = orjson.dumps
 _sha256 = hashlib.sha256
 
 
+def encode(at: str, values: Sequence[str | None]) -> bytes:
+    """The canonical bytes of a record: its time as `_iso` writes it, then its FIELDS
+    as text or None (the one encoding the verifier and `canonical` use)."""
+    return _dumps([at, *values])
+
+
 def canonical(at: datetime, fields: dict[str, Any]) -> bytes:
-    values = [_iso(at)] + [None if fields.get(k) is None else str(fields[k]) for k in FIELDS]
-    return _dumps(values)
+    return encode(_iso(at), [None if fields.get(k) is None else str(fields[k]) for k in FIELDS])
 
 
 def link(prev_hash: bytes, shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
@@ -261,7 +266,7 @@ class ChainVerifier:
                     at,
                 )
             )
-        encoded = _dumps([at, *values])
+        encoded = encode(at, values)
         digest = _sha256(
             prev_hash
             + shard.to_bytes(4, "big", signed=True)
