@@ -58,27 +58,34 @@ def _iso(at: datetime) -> str:
 # json module's `separators=(",", ":"), ensure_ascii=False` writes for every code point
 # (tests/unit/test_audit_chain.py), about ten times faster: `audit verify` encodes every
 # record it reads.
-_dumps = orjson.dumps
-_sha256 = hashlib.sha256
-
-
 def encode(at: str, values: Sequence[str | None]) -> bytes:
     """The canonical bytes of a record: its time as `_iso` writes it, then its FIELDS
     as text or None (the one encoding the verifier and `canonical` use)."""
-    return _dumps([at, *values])
+    return orjson.dumps([at, *values])
 
 
-def canonical(at: datetime, fields: dict[str, Any]) -> bytes:
-    return encode(_iso(at), [None if fields.get(k) is None else str(fields[k]) for k in FIELDS])
-
-
-def link(prev_hash: bytes, shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
+def record_hash(
+    prev_hash: bytes, shard: int, seq: int, at: str, values: Sequence[str | None]
+) -> bytes:
+    """The chain's formula (module docstring), on a record as the verifier reads it."""
     return hashlib.sha256(
         prev_hash
         + shard.to_bytes(4, "big", signed=True)
         + seq.to_bytes(8, "big", signed=True)
-        + canonical(at, fields)
+        + encode(at, values)
     ).digest()
+
+
+def _values(fields: dict[str, Any]) -> list[str | None]:
+    return [None if fields.get(k) is None else str(fields[k]) for k in FIELDS]
+
+
+def canonical(at: datetime, fields: dict[str, Any]) -> bytes:
+    return encode(_iso(at), _values(fields))
+
+
+def link(prev_hash: bytes, shard: int, seq: int, at: datetime, fields: dict[str, Any]) -> bytes:
+    return record_hash(prev_hash, shard, seq, _iso(at), _values(fields))
 
 
 def checkpoint_payload(
@@ -187,7 +194,7 @@ class ChainVerifier:
             bytes(row["prev_hash"]),
             bytes(row["hash"]),
             _iso(row["at"]),
-            [None if row.get(k) is None else str(row[k]) for k in FIELDS],
+            _values(row),
         )
 
     def feed_record(
@@ -266,14 +273,7 @@ class ChainVerifier:
                     at,
                 )
             )
-        encoded = encode(at, values)
-        digest = _sha256(
-            prev_hash
-            + shard.to_bytes(4, "big", signed=True)
-            + seq.to_bytes(8, "big", signed=True)
-            + encoded
-        ).digest()
-        if digest != stored_hash:
+        if record_hash(prev_hash, shard, seq, at, values) != stored_hash:
             self.problems.append(
                 Problem("hash-mismatch", "the record's content was changed", rid, shard, seq, at)
             )
