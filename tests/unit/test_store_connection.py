@@ -32,3 +32,26 @@ def test_a_libpq_service_file_keeps_its_own_settings(monkeypatch: pytest.MonkeyP
         assert not set(SILENT_SERVER_DEFAULTS) & set(kwargs), url
     monkeypatch.setenv("PGSERVICE", "sealednotes")
     assert not set(SILENT_SERVER_DEFAULTS) & set(Store("dbname=x")._connect_kwargs())
+
+
+def test_pool_and_group_commit_are_made_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the store opens (its pool, its audit group commit) belongs to the process
+    that opened it: after a fork the child makes its own, and close() never closes the
+    parent's pool from the child."""
+    from service.adapters.postgres import store as store_module
+
+    made: list[int] = []
+    pid = {"now": 100}
+
+    def make() -> int:
+        made.append(pid["now"])
+        return len(made)
+
+    monkeypatch.setattr("service.adapters.postgres.store.os.getpid", lambda: pid["now"])
+    holder = store_module._PerProcess(make)
+    assert holder.get() == 1 and holder.get() == 1  # made once, then read without the lock
+    pid["now"] = 200  # a forked worker
+    assert holder.get() == 2 and made == [100, 200]
+    pid["now"] = 300
+    assert holder.take() is None  # the other process's value is not handed out to close
+    assert holder.get() == 3 and holder.take() == 3 and holder.take() is None

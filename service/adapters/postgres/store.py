@@ -14,10 +14,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -58,6 +58,36 @@ def _conninfo_keys(conninfo: str) -> set[str]:
 
 
 _Pool = psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]
+T = TypeVar("T")
+
+
+class _PerProcess(Generic[T]):
+    """One value per process, made on first use: after a fork the child makes its own
+    (sockets and locks are never shared across processes). Read without the lock once
+    made (every request asks; under load the worker's threads queued on it): the value
+    and the process it belongs to are one attribute, so a reader never pairs one
+    process's value with another's id."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._held: tuple[int, T] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        held = self._held
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        with self._lock:
+            held = self._held
+            if held is None or held[0] != os.getpid():
+                held = self._held = (os.getpid(), self._make())
+            return held[1]
+
+    def take(self) -> T | None:
+        """This process's value, forgotten (None if it has not made one)."""
+        with self._lock:
+            held, self._held = self._held, None
+        return held[1] if held is not None and held[0] == os.getpid() else None
 
 
 class Store:
@@ -73,13 +103,8 @@ class Store:
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
-        # This process's pool and its id, in one attribute: a thread that skips the
-        # lock reads both at once, never one process's pool with another's id (after
-        # a fork the child makes its own: sockets are never shared across processes).
-        self._pool: tuple[int, _Pool] | None = None
-        self._lock = threading.Lock()
-        self._group: AuditGroupCommit | None = None
-        self._group_pid: int | None = None
+        self._pool = _PerProcess(self._open_pool)
+        self._group = _PerProcess(AuditGroupCommit)
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
         )
@@ -114,39 +139,24 @@ class Store:
                 kwargs[key] = value
         return kwargs
 
-    def _group_commit(self) -> AuditGroupCommit:
-        # One per process, like the pool (its lock must not be shared across a fork).
-        if self._group is None or self._group_pid != os.getpid():
-            with self._lock:
-                if self._group is None or self._group_pid != os.getpid():
-                    self._group = AuditGroupCommit()
-                    self._group_pid = os.getpid()
-        return self._group
-
     def pool(self) -> _Pool:
-        # Every request asks: once this process has its pool, answer without the lock
-        # (under load, the worker's threads queued on it).
-        held = self._pool
-        if held is not None and held[0] == os.getpid():
-            return held[1]
-        with self._lock:
-            held = self._pool
-            if held is None or held[0] != os.getpid():
-                pool: _Pool = psycopg_pool.ConnectionPool(
-                    self._conninfo,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    timeout=self._timeout,
-                    kwargs=self._connect_kwargs(),
-                    # No `reset` callback: with one, the pool hands every returned
-                    # connection to its worker thread (a wake-up per request).
-                    check=self._check_if_idle,
-                    open=False,
-                    name="sealednotes",
-                )
-                pool.open(wait=False)
-                held = self._pool = (os.getpid(), pool)
-            return held[1]
+        return self._pool.get()
+
+    def _open_pool(self) -> _Pool:
+        pool: _Pool = psycopg_pool.ConnectionPool(
+            self._conninfo,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout,
+            kwargs=self._connect_kwargs(),
+            # No `reset` callback: with one, the pool hands every returned connection
+            # to its worker thread (a wake-up per request).
+            check=self._check_if_idle,
+            open=False,
+            name="sealednotes",
+        )
+        pool.open(wait=False)
+        return pool
 
     def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
         # A connection used moments ago is healthy enough to try; one that sat idle
@@ -205,17 +215,16 @@ class Store:
                     conn.rollback()
 
     def close(self) -> None:
-        with self._lock:
-            held, self._pool = self._pool, None
-            if held is not None and held[0] == os.getpid():
-                held[1].close()
+        pool = self._pool.take()
+        if pool is not None:
+            pool.close()
 
     @contextmanager
     def transaction(self) -> Iterator[UnitOfWork]:
         """One transaction: committed at the end of the block, rolled back on error
         (unless the use case called `tx.commit()` first, e.g. to keep a denial)."""
         with self._connection() as conn:
-            yield UnitOfWork(conn, self._group_commit())
+            yield UnitOfWork(conn, self._group.get())
 
     @contextmanager
     def autocommit(self) -> Iterator[UnitOfWork]:
@@ -257,9 +266,7 @@ class Store:
             # Statement and lock timeouts (QueryCanceled) are OperationalErrors too.
             self._unavailable(e, shortened=wait < self._timeout)
 
-    def _checkout(
-        self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]], wait: float
-    ) -> psycopg.Connection[dict[str, Any]]:
+    def _checkout(self, pool: _Pool, wait: float) -> psycopg.Connection[dict[str, Any]]:
         token = _CHECKOUT_ENDS.set(time.monotonic() + wait)
         try:
             return pool.getconn(timeout=wait)
@@ -320,7 +327,7 @@ class _Held:
     def __init__(self) -> None:
         self.store: Store | None = None
         self.busy = False
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
+        self._pool: _Pool | None = None
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     @contextmanager
