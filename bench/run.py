@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16, help="load generator connections")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (every server)")
     p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="database connections per worker, every server (default: --threads)",
+    )
     p.add_argument("--clinicians", type=int, default=16)
     p.add_argument("--patients-per-clinician", type=int, default=4)
     p.add_argument("--body-chars", type=int, default=2000, help="note body size")
@@ -181,7 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.owner_url, notes=args.background_notes, body_chars=args.body_chars
         )
         stack.settle()
-        shape = ServingShape(workers=args.workers, threads=args.threads, pool_size=args.threads)
+        shape = ServingShape(
+            workers=args.workers, threads=args.threads, pool_size=args.pool_size or args.threads
+        )
         summary: dict[str, Any] = {
             "environment": {
                 "cpus": os.cpu_count(),
