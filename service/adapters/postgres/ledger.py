@@ -20,6 +20,7 @@ from service.adapters.postgres.base import (
     StatementRows,
     outside_transaction,
 )
+from service.adapters.postgres.prepared import OwnStatement
 from service.adapters.postgres.snapshots import (
     GATE_SNAPSHOT_CONFIRMING_SQL,
     GATE_SNAPSHOT_SQL,
@@ -45,7 +46,11 @@ from service.models import (
 
 log = logging.getLogger(__name__)
 _SNAPSHOT_ROWS = StatementRows()
-_RECORDING_ROWS = StatementRows()
+# The hot path's statements, each on its own, run on libpq directly (prepared.py): a
+# remembered caller's warm re-read, and the snapshot a remembered caller's create
+# starts with.
+_RECORDING = OwnStatement("sealednotes_warm_read", NOTE_SNAPSHOT_RECORDING_SQL)
+_CONFIRMING = OwnStatement("sealednotes_write_snapshot", GATE_SNAPSHOT_CONFIRMING_SQL)
 
 
 class LedgerRepository(Repo):
@@ -64,10 +69,14 @@ class LedgerRepository(Repo):
         `token_hash` (a remembered caller), also the principal as stored and whether
         the token is its live one."""
         confirm = token_hash is not None
-        row = self._read_one(
-            GATE_SNAPSHOT_CONFIRMING_SQL if confirm else GATE_SNAPSHOT_SQL,
-            self._window(principal_id, tenant_id, now, pt=patient_id) | {"token": token_hash},
-        )
+        params = self._window(principal_id, tenant_id, now, pt=patient_id) | {"token": token_hash}
+        if confirm and outside_transaction(self.conn):
+            # A remembered caller's create starts here: a statement on its own.
+            row = _CONFIRMING.fetch_one(self.conn, params)
+        else:
+            row = self._read_one(
+                GATE_SNAPSHOT_CONFIRMING_SQL if confirm else GATE_SNAPSHOT_SQL, params
+            )
         return gate_snapshot_from_row(row, with_principal=confirm)
 
     def note_gate_snapshot(
@@ -112,9 +121,8 @@ class LedgerRepository(Repo):
             "client_addr": confirm.client_addr,
         }
         try:
-            row = self._read_one(
-                NOTE_SNAPSHOT_RECORDING_SQL, params, binary=True, rows=_RECORDING_ROWS
-            )
+            # Outside a transaction: the statement is its own, committed with its record.
+            row = _RECORDING.fetch_one(self.conn, params)
         except psycopg.OperationalError:
             raise  # the database is unreachable or timed out: the store answers 503
         except psycopg.Error as e:  # the append refused (or failed): fail closed

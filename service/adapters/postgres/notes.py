@@ -18,6 +18,7 @@ from service.adapters.postgres.base import (
     _version,
     outside_transaction,
 )
+from service.adapters.postgres.prepared import OwnStatement
 from service.models import (
     AuditEvent,
     NewNote,
@@ -35,6 +36,9 @@ CREATE_NOTE = (
     + ", ".join(["%s"] * (13 + 11))
     + ")"
 )
+
+
+_CREATE_NOTE = OwnStatement("sealednotes_create_note", CREATE_NOTE)
 
 
 class NotesRepository(Repo):
@@ -99,26 +103,26 @@ class NotesRepository(Repo):
         if not outside_transaction(self.conn):
             return None
         try:
-            with self._on_its_own():
-                row = self._one(
-                    CREATE_NOTE,
-                    (
-                        new.tenant_id,
-                        new.author_id,
-                        new.patient_id,
-                        new.id,
-                        new.kind,
-                        new.encounter_at,
-                        new.at,
-                        new.sealed,
-                        key.wrapped_key,
-                        key.key_version,
-                        new.at - HOUR,
-                        new.at + CLOCK_SKEW,
-                        write_limit,
-                        *append_params(self.conn, record),
-                    ),
-                )
+            # Outside a transaction (the caller's): the statement is its own.
+            row = _CREATE_NOTE.fetch_one(
+                self.conn,
+                (
+                    new.tenant_id,
+                    new.author_id,
+                    new.patient_id,
+                    new.id,
+                    new.kind,
+                    new.encounter_at,
+                    new.at,
+                    new.sealed,
+                    key.wrapped_key,
+                    key.key_version,
+                    new.at - HOUR,
+                    new.at + CLOCK_SKEW,
+                    write_limit,
+                    *append_params(self.conn, record),
+                ),
+            )
         except psycopg.OperationalError:
             raise  # the database is unavailable or too slow: the store answers 503
         except psycopg.Error as e:
