@@ -14,7 +14,8 @@ import psycopg.errors
 import pytest
 from psycopg.rows import dict_row
 
-from service.adapters.postgres.prepared import OwnStatement
+from service.adapters.postgres import Store
+from service.adapters.postgres.prepared import OwnStatement, after_rollback
 
 TYPED = (
     "SELECT %(id)s::uuid AS id, %(at)s::timestamptz AS at, %(name)s::text AS name,"
@@ -107,6 +108,48 @@ def test_a_name_already_prepared_on_the_connection_is_used(
     assert first.fetch_one(conn, {"x": 2}) == {"next": 3}
 
 
+def test_after_psycopgs_rollback_what_it_deallocated_is_prepared_afresh(
+    conn: psycopg.Connection[Any],
+) -> None:
+    own = _statement("SELECT %(x)s::integer + 10 AS y")
+    assert own.fetch_one(conn, {"x": 1}) == {"y": 11}
+    for _ in range(6):  # psycopg now holds a prepared statement of its own
+        conn.execute("SELECT 1").fetchone()
+    conn.rollback()  # ...so its rollback sends DEALLOCATE ALL
+    assert _ours(conn, own) == 0
+    after_rollback(conn)
+    assert own._prepared[conn] == {}  # forgotten: prepared before the next call, no miss
+    assert own.fetch_one(conn, {"x": 2}) == {"y": 12}
+    assert _ours(conn, own) == 1
+
+
+def test_after_a_rollback_that_kept_them_nothing_is_forgotten(
+    conn: psycopg.Connection[Any],
+) -> None:
+    own = _statement("SELECT %(x)s::integer + 20 AS y")
+    assert own.fetch_one(conn, {"x": 1}) == {"y": 21}
+    conn.execute("SELECT 2").fetchone()  # a transaction, no statement of psycopg's
+    conn.rollback()
+    after_rollback(conn)
+    assert len(own._prepared[conn]) == 1
+    assert own.fetch_one(conn, {"x": 2}) == {"y": 22}
+
+
+def test_never_inside_an_open_transaction(conn: psycopg.Connection[Any], db_url: str) -> None:
+    table = f"own_statement_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute(f"CREATE TABLE {table} (v integer)")
+        try:
+            own = _statement(f"INSERT INTO {table} VALUES (%(v)s::integer) RETURNING v")
+            conn.execute("SELECT 1")  # a transaction is open
+            with pytest.raises(psycopg.ProgrammingError):
+                own.fetch_one(conn, {"v": 1})
+            conn.commit()
+            assert other.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        finally:
+            other.execute(f"DROP TABLE {table}")
+
+
 def test_each_call_is_its_own_transaction(conn: psycopg.Connection[Any], db_url: str) -> None:
     table = f"own_statement_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as other:
@@ -178,8 +221,44 @@ def test_only_psycopgs_placeholders(sql: str) -> None:
         _statement(sql)
 
 
-def test_names_are_unique() -> None:
+def test_names_are_unique_and_short_enough_to_stay_distinct() -> None:
     name = f"test_{uuid.uuid4().hex[:12]}"
     OwnStatement(name, "SELECT 1")
     with pytest.raises(ValueError):
         OwnStatement(name, "SELECT 2")
+    with pytest.raises(ValueError):  # PostgreSQL would cut the types off the name
+        OwnStatement("t" * 51, "SELECT 3")
+
+
+def test_the_store_keeps_its_statements_known_across_a_failed_unit_of_work(
+    db_url: str,
+) -> None:
+    """A unit of work that fails is rolled back by the store (psycopg deallocating
+    everything); the store then calls after_rollback, so the next direct call finds
+    its statement prepared or knows to prepare it, without a miss."""
+    own = _statement("SELECT %(x)s::integer + 30 AS y")
+    store = Store(db_url, min_size=1, max_size=1)
+    try:
+        with store.transaction() as tx:
+            assert own.fetch_one(tx.conn, {"x": 1}) == {"y": 31}
+            for _ in range(6):  # psycopg holds a prepared statement of its own
+                tx.ledger._one("SELECT 1 AS one")
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.ledger._one("SELECT 1 AS one")
+            raise RuntimeError("the use case failed")
+        with store.transaction() as tx:
+            assert _ours_quietly(tx.conn, own) == 0  # deallocated by the rollback...
+            assert own._prepared[tx.conn] == {}  # ...and known to be
+            assert own.fetch_one(tx.conn, {"x": 2}) == {"y": 32}
+    finally:
+        store.close()
+
+
+def _ours_quietly(conn: psycopg.Connection[Any], statement: OwnStatement) -> int:
+    # Outside a transaction, leaving none open.
+    result = conn.pgconn.exec_(
+        b"SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '"
+        + statement._name.encode()
+        + b"%'"
+    )
+    return int(result.get_value(0, 0) or b"0")

@@ -10,6 +10,12 @@ the connection.
 
 Only for a statement that runs on its own, outside any transaction (libpq runs it as
 its own implicit transaction, committed at its Sync, as psycopg's autocommit would).
+
+psycopg's `rollback()` deallocates every prepared statement of the session when it holds
+any of its own: the store calls `after_rollback` then, so the next call prepares what is
+gone instead of meeting "prepared statement does not exist" (a wasted round trip and an
+ERROR in the server's log). Each combination of parameter types is prepared under its own
+name (a None where a value was, an integer past 32 bits): a handful per statement.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
 _NOT_PREPARED = b"26000"
 # "prepared statement already exists": ours (the name says the statement and its types).
 _ALREADY_PREPARED = b"42P05"
-_NAMES: set[str] = set()
+_STATEMENTS: dict[str, OwnStatement] = {}
+_MAX_NAME = 63 - 13  # PostgreSQL keeps 63 bytes of a name; the types add 13
 
 
 class OwnStatement:
@@ -51,9 +58,8 @@ class OwnStatement:
                 keys.append(match.group(1))
             return f"${keys.index(match.group(1)) + 1}"
 
-        if name in _NAMES:
-            raise ValueError(f"a statement is already named {name!r}")
-        _NAMES.add(name)
+        if name in _STATEMENTS or len(name.encode()) > _MAX_NAME:
+            raise ValueError(f"a statement name unique and at most {_MAX_NAME} bytes: {name!r}")
         query = _PLACEHOLDER.sub(number, sql)
         if "%" in query or (keys and positions):
             raise ValueError("a statement run directly has `%(name)s` or `%s` placeholders only")
@@ -67,6 +73,7 @@ class OwnStatement:
         # values hold no reference to their connection, so an entry goes with it.
         self._prepared: WeakKeyDictionary[psycopg.Connection[Any], dict[tuple[int, ...], bytes]]
         self._prepared = WeakKeyDictionary()
+        _STATEMENTS[name] = self
 
     def fetch_one(
         self, conn: psycopg.Connection[Any], params: Mapping[str, Any] | Sequence[Any]
@@ -76,6 +83,9 @@ class OwnStatement:
         or lost, the server's error otherwise."""
         if conn.closed:
             raise psycopg.OperationalError("the connection is closed")
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            # Never inside someone's transaction: the statement must commit on its own.
+            raise psycopg.ProgrammingError("a statement run directly needs no open transaction")
         names = self._prepared.get(conn)
         if names is None:
             names = self._prepared.setdefault(conn, {})
@@ -130,3 +140,25 @@ class OwnStatement:
             # The connection failed (no SQLSTATE): what psycopg raises for it too.
             raise psycopg.OperationalError("the connection to the database was lost")
         raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+def after_rollback(conn: psycopg.Connection[Any]) -> None:
+    """After `conn.rollback()`: keep only the statements the server still holds (psycopg
+    may have deallocated them all). One query, on the rollback's own path; on any failure
+    every name of the connection is forgotten (the next call prepares again)."""
+    held = [s for s in _STATEMENTS.values() if s._prepared.get(conn)]
+    if not held:
+        return
+    alive: set[bytes] | None = None
+    if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        try:
+            result = conn.pgconn.exec_(b"SELECT name FROM pg_prepared_statements")
+        except psycopg.Error:
+            result = None
+        if result is not None and result.status == pq.ExecStatus.TUPLES_OK:
+            alive = {result.get_value(i, 0) or b"" for i in range(result.ntuples)}
+    for statement in held:
+        names = statement._prepared.get(conn, {})
+        for types, name in list(names.items()):
+            if alive is None or name not in alive:
+                del names[types]

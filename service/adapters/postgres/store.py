@@ -26,7 +26,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 from service import deadline
-from service.adapters.postgres import schema, tcp
+from service.adapters.postgres import prepared, schema, tcp
 from service.adapters.postgres.base import IDLE_CHECK_SECONDS
 from service.adapters.postgres.groupcommit import AuditGroupCommit
 from service.adapters.postgres.uow import UnitOfWork
@@ -213,6 +213,7 @@ class Store:
                 bound = self._timeout if left is None else max(_SHORTER, left)
                 with contextlib.suppress(psycopg.Error), self._silence_bound(conn, bound):
                     conn.rollback()
+                    prepared.after_rollback(conn)
 
     def close(self) -> None:
         pool = self._pool.take()
