@@ -164,6 +164,25 @@ def test_each_call_is_its_own_transaction(conn: psycopg.Connection[Any], db_url:
             other.execute(f"DROP TABLE {table}")
 
 
+def test_a_schema_change_that_alters_the_result_is_prepared_afresh(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    table = f"own_statement_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute(f"CREATE TABLE {table} (v integer)")
+        other.execute(f"INSERT INTO {table} VALUES (5)")
+        try:
+            own = _statement(f"SELECT v FROM {table} LIMIT %(n)s::integer")
+            assert own.fetch_one(conn, {"n": 1}) == {"v": 5}
+            # A migration while the service runs: the kept plan's result type changes.
+            other.execute(f"ALTER TABLE {table} ALTER COLUMN v TYPE text")
+            assert own.fetch_one(conn, {"n": 1}) == {"v": "5"}
+            assert own.fetch_one(conn, {"n": 1}) == {"v": "5"}
+            assert _ours(conn, own) == 1
+        finally:
+            other.execute(f"DROP TABLE {table}")
+
+
 def test_server_errors_raise_psycopgs_own_classes(conn: psycopg.Connection[Any]) -> None:
     own = _statement("SELECT 1 / %(d)s::integer AS q")
     with pytest.raises(psycopg.errors.DivisionByZero):

@@ -35,6 +35,8 @@ from psycopg.pq.abc import PGresult
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
 # "prepared statement does not exist": dropped behind our back (DEALLOCATE, DISCARD).
 _NOT_PREPARED = b"26000"
+# "cached plan must not change result type": refused before the statement ran.
+_PLAN_CHANGED = b"0A000"
 # "prepared statement already exists": ours (the name says the statement and its types).
 _ALREADY_PREPARED = b"42P05"
 _STATEMENTS: dict[str, OwnStatement] = {}
@@ -113,8 +115,15 @@ class OwnStatement:
             result = conn.pgconn.exec_prepared(
                 name, cast("Sequence[bytes]", values), tx.formats, result_format=pq.Format.BINARY
             )
-            if attempt == 1 and result.error_field(pq.DiagnosticField.SQLSTATE) == _NOT_PREPARED:
+            state = result.error_field(pq.DiagnosticField.SQLSTATE)
+            if attempt == 1 and state == _NOT_PREPARED:
                 names.clear()
+                continue
+            if attempt == 1 and state == _PLAN_CHANGED:
+                # A schema change altered what the statement returns: PostgreSQL refuses
+                # the kept plan before running anything. Prepare it afresh, once.
+                self._check(conn, conn.pgconn.exec_(b"DEALLOCATE " + name))
+                del names[types]
                 continue
             break
         self._check(conn, result)
