@@ -247,6 +247,8 @@ def test_names_are_unique_and_short_enough_to_stay_distinct() -> None:
         OwnStatement(name, "SELECT 2")
     with pytest.raises(ValueError):  # PostgreSQL would cut the types off the name
         OwnStatement("t" * 51, "SELECT 3")
+    with pytest.raises(ValueError):  # DEALLOCATE would fold it to lower case
+        OwnStatement("Test_upper", "SELECT 4")
 
 
 def test_the_store_keeps_its_statements_known_across_a_failed_unit_of_work(

@@ -3,10 +3,9 @@ with its parameters dumped and its row loaded by psycopg's own adapters, without
 cursor's machinery around them (the `%(name)s` conversion, the prepared-statement
 bookkeeping, the description and row factory set up on every call).
 
-Measured on the warm read's statement (20 parameters, ~45 binary columns): psycopg's
-cursor spends about 60 µs of Python per execution that this path does not. The values
-are the same: the same dumpers and binary loaders, chosen by psycopg's adapters for
-the connection.
+Measured in process (callgrind): a warm read's Python 859,000 -> 747,000 instructions,
+a create's 1,046,000 -> 788,000. The values are the same: the same dumpers and binary
+loaders, chosen by psycopg's adapters for the connection.
 
 Only for a statement that runs on its own, outside any transaction (libpq runs it as
 its own implicit transaction, committed at its Sync, as psycopg's autocommit would).
@@ -41,6 +40,7 @@ _PLAN_CHANGED = b"0A000"
 _ALREADY_PREPARED = b"42P05"
 _STATEMENTS: dict[str, OwnStatement] = {}
 _MAX_NAME = 63 - 13  # PostgreSQL keeps 63 bytes of a name; the types add 13
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")  # as PostgreSQL spells it unquoted (DEALLOCATE)
 
 
 class OwnStatement:
@@ -60,8 +60,8 @@ class OwnStatement:
                 keys.append(match.group(1))
             return f"${keys.index(match.group(1)) + 1}"
 
-        if name in _STATEMENTS or len(name.encode()) > _MAX_NAME:
-            raise ValueError(f"a statement name unique and at most {_MAX_NAME} bytes: {name!r}")
+        if name in _STATEMENTS or len(name) > _MAX_NAME or not _NAME.fullmatch(name):
+            raise ValueError(f"a statement name: unique, [a-z0-9_], at most {_MAX_NAME}: {name!r}")
         query = _PLACEHOLDER.sub(number, sql)
         if "%" in query or (keys and positions):
             raise ValueError("a statement run directly has `%(name)s` or `%s` placeholders only")
