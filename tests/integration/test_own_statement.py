@@ -15,7 +15,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from service.adapters.postgres import Store
-from service.adapters.postgres.prepared import OwnStatement, after_rollback
+from service.adapters.postgres.prepared import Connection, OwnStatement
 
 TYPED = (
     "SELECT %(id)s::uuid AS id, %(at)s::timestamptz AS at, %(name)s::text AS name,"
@@ -38,13 +38,13 @@ def _statement(sql: str) -> OwnStatement:
 
 
 @pytest.fixture
-def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-    # As the service holds its connections: not autocommit, UTC sessions.
-    with psycopg.connect(db_url, row_factory=dict_row, options="-c TimeZone=UTC") as c:
+def conn(db_url: str) -> Iterator[Connection[dict[str, Any]]]:
+    # As the service holds its connections: the pool's class, not autocommit, UTC sessions.
+    with Connection.connect(db_url, row_factory=dict_row, options="-c TimeZone=UTC") as c:
         yield c
 
 
-def _ours(conn: psycopg.Connection[Any], statement: OwnStatement) -> int:
+def _ours(conn: Connection[Any], statement: OwnStatement) -> int:
     row = conn.execute(
         "SELECT count(*) AS n FROM pg_prepared_statements WHERE name LIKE %s",
         (statement._name + "%",),
@@ -54,7 +54,7 @@ def _ours(conn: psycopg.Connection[Any], statement: OwnStatement) -> int:
     return int(row["n"])
 
 
-def test_rows_are_what_psycopgs_cursor_loads(conn: psycopg.Connection[Any]) -> None:
+def test_rows_are_what_psycopgs_cursor_loads(conn: Connection[Any]) -> None:
     own = _statement(TYPED)
     expected = conn.cursor(binary=True).execute(TYPED, VALUES).fetchone()
     conn.rollback()
@@ -67,20 +67,20 @@ def test_rows_are_what_psycopgs_cursor_loads(conn: psycopg.Connection[Any]) -> N
     }
 
 
-def test_parameters_by_position(conn: psycopg.Connection[Any]) -> None:
+def test_parameters_by_position(conn: Connection[Any]) -> None:
     own = _statement("SELECT %s::integer + %s::integer AS total, %s::text AS label")
     assert own.fetch_one(conn, (40, 2, "x")) == {"total": 42, "label": "x"}
     with pytest.raises(TypeError):
         own.fetch_one(conn, (1, 2))
 
 
-def test_no_row_is_none(conn: psycopg.Connection[Any]) -> None:
+def test_no_row_is_none(conn: Connection[Any]) -> None:
     own = _statement("SELECT 1 AS one WHERE %(x)s::integer > 1")
     assert own.fetch_one(conn, {"x": 1}) is None
     assert own.fetch_one(conn, {"x": 2}) == {"one": 1}
 
 
-def test_each_combination_of_types_is_prepared_once(conn: psycopg.Connection[Any]) -> None:
+def test_each_combination_of_types_is_prepared_once(conn: Connection[Any]) -> None:
     own = _statement("SELECT coalesce(%(n)s::bigint, -1) AS n")
     for value in (1, None, 2, None, 10**12):
         assert own.fetch_one(conn, {"n": value}) == {"n": -1 if value is None else value}
@@ -89,7 +89,7 @@ def test_each_combination_of_types_is_prepared_once(conn: psycopg.Connection[Any
     assert 2 <= _ours(conn, own) <= 3
 
 
-def test_prepared_again_after_the_server_forgot(conn: psycopg.Connection[Any]) -> None:
+def test_prepared_again_after_the_server_forgot(conn: Connection[Any]) -> None:
     own = _statement("SELECT %(x)s::integer * 2 AS twice")
     assert own.fetch_one(conn, {"x": 2}) == {"twice": 4}
     conn.execute("DEALLOCATE ALL")
@@ -99,43 +99,34 @@ def test_prepared_again_after_the_server_forgot(conn: psycopg.Connection[Any]) -
 
 
 def test_a_name_already_prepared_on_the_connection_is_used(
-    conn: psycopg.Connection[Any],
+    conn: Connection[Any],
 ) -> None:
     first = _statement("SELECT %(x)s::integer + 1 AS next")
     assert first.fetch_one(conn, {"x": 1}) == {"next": 2}
-    # Another process's instance with the same name meets the statement prepared.
-    first._prepared.clear()
+    # A session that already holds the name (another process's instance) uses it.
+    conn.direct.clear()
     assert first.fetch_one(conn, {"x": 2}) == {"next": 3}
 
 
-def test_after_psycopgs_rollback_what_it_deallocated_is_prepared_afresh(
-    conn: psycopg.Connection[Any],
+@pytest.mark.parametrize("psycopg_holds_its_own", [True, False])
+def test_after_a_rollback_the_connection_knows_what_the_server_holds(
+    conn: Connection[Any], psycopg_holds_its_own: bool
 ) -> None:
     own = _statement("SELECT %(x)s::integer + 10 AS y")
     assert own.fetch_one(conn, {"x": 1}) == {"y": 11}
-    for _ in range(6):  # psycopg now holds a prepared statement of its own
+    # A statement run 5 times is prepared by psycopg, whose rollback then sends
+    # DEALLOCATE ALL; without one, the rollback leaves every statement in place.
+    for _ in range(6 if psycopg_holds_its_own else 1):
         conn.execute("SELECT 1").fetchone()
-    conn.rollback()  # ...so its rollback sends DEALLOCATE ALL
-    assert _ours(conn, own) == 0
-    after_rollback(conn)
-    assert own._prepared[conn] == {}  # forgotten: prepared before the next call, no miss
+    conn.rollback()
+    kept = 0 if psycopg_holds_its_own else 1
+    assert _ours(conn, own) == kept
+    assert len(conn.direct) == kept  # known: what is gone is prepared first, no miss
     assert own.fetch_one(conn, {"x": 2}) == {"y": 12}
     assert _ours(conn, own) == 1
 
 
-def test_after_a_rollback_that_kept_them_nothing_is_forgotten(
-    conn: psycopg.Connection[Any],
-) -> None:
-    own = _statement("SELECT %(x)s::integer + 20 AS y")
-    assert own.fetch_one(conn, {"x": 1}) == {"y": 21}
-    conn.execute("SELECT 2").fetchone()  # a transaction, no statement of psycopg's
-    conn.rollback()
-    after_rollback(conn)
-    assert len(own._prepared[conn]) == 1
-    assert own.fetch_one(conn, {"x": 2}) == {"y": 22}
-
-
-def test_never_inside_an_open_transaction(conn: psycopg.Connection[Any], db_url: str) -> None:
+def test_never_inside_an_open_transaction(conn: Connection[Any], db_url: str) -> None:
     table = f"own_statement_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as other:
         other.execute(f"CREATE TABLE {table} (v integer)")
@@ -150,7 +141,7 @@ def test_never_inside_an_open_transaction(conn: psycopg.Connection[Any], db_url:
             other.execute(f"DROP TABLE {table}")
 
 
-def test_each_call_is_its_own_transaction(conn: psycopg.Connection[Any], db_url: str) -> None:
+def test_each_call_is_its_own_transaction(conn: Connection[Any], db_url: str) -> None:
     table = f"own_statement_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as other:
         other.execute(f"CREATE TABLE {table} (v integer)")
@@ -165,7 +156,7 @@ def test_each_call_is_its_own_transaction(conn: psycopg.Connection[Any], db_url:
 
 
 def test_a_schema_change_that_alters_the_result_is_prepared_afresh(
-    conn: psycopg.Connection[Any], db_url: str
+    conn: Connection[Any], db_url: str
 ) -> None:
     table = f"own_statement_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as other:
@@ -183,7 +174,7 @@ def test_a_schema_change_that_alters_the_result_is_prepared_afresh(
             other.execute(f"DROP TABLE {table}")
 
 
-def test_server_errors_raise_psycopgs_own_classes(conn: psycopg.Connection[Any]) -> None:
+def test_server_errors_raise_psycopgs_own_classes(conn: Connection[Any]) -> None:
     own = _statement("SELECT 1 / %(d)s::integer AS q")
     with pytest.raises(psycopg.errors.DivisionByZero):
         own.fetch_one(conn, {"d": 0})
@@ -196,7 +187,7 @@ def test_server_errors_raise_psycopgs_own_classes(conn: psycopg.Connection[Any])
         raising.fetch_one(conn, {"x": "a"})
 
 
-def test_a_statement_timeout_is_an_operational_error(conn: psycopg.Connection[Any]) -> None:
+def test_a_statement_timeout_is_an_operational_error(conn: Connection[Any]) -> None:
     conn.execute("SET statement_timeout = 50")
     conn.commit()
     own = _statement("SELECT pg_sleep(%(s)s::float8) AS slept")
@@ -205,9 +196,7 @@ def test_a_statement_timeout_is_an_operational_error(conn: psycopg.Connection[An
     assert isinstance(raised.value, psycopg.OperationalError)  # the store answers 503
 
 
-def test_a_lost_connection_is_an_operational_error(
-    conn: psycopg.Connection[Any], db_url: str
-) -> None:
+def test_a_lost_connection_is_an_operational_error(conn: Connection[Any], db_url: str) -> None:
     own = _statement("SELECT %(x)s::integer AS x")
     assert own.fetch_one(conn, {"x": 1}) == {"x": 1}
     with psycopg.connect(db_url, autocommit=True) as other:
@@ -221,7 +210,7 @@ def test_a_lost_connection_is_an_operational_error(
 
 def test_a_closed_connection_is_an_operational_error(db_url: str) -> None:
     own = _statement("SELECT 1 AS one WHERE %(x)s::integer = 1")
-    conn = psycopg.connect(db_url)
+    conn = Connection.connect(db_url)
     conn.close()
     with pytest.raises(psycopg.OperationalError):
         own.fetch_one(conn, {"x": 1})
@@ -240,6 +229,12 @@ def test_only_psycopgs_placeholders(sql: str) -> None:
         _statement(sql)
 
 
+def test_only_on_the_stores_connections(db_url: str) -> None:
+    own = _statement("SELECT 1 AS one")
+    with psycopg.connect(db_url) as plain, pytest.raises(TypeError):
+        own.fetch_one(plain, {})
+
+
 def test_names_are_unique_and_short_enough_to_stay_distinct() -> None:
     name = f"test_{uuid.uuid4().hex[:12]}"
     OwnStatement(name, "SELECT 1")
@@ -255,8 +250,8 @@ def test_the_store_keeps_its_statements_known_across_a_failed_unit_of_work(
     db_url: str,
 ) -> None:
     """A unit of work that fails is rolled back by the store (psycopg deallocating
-    everything); the store then calls after_rollback, so the next direct call finds
-    its statement prepared or knows to prepare it, without a miss."""
+    everything); its connections keep what the server holds, so the next direct call
+    finds its statement prepared or knows to prepare it, without a miss."""
     own = _statement("SELECT %(x)s::integer + 30 AS y")
     store = Store(db_url, min_size=1, max_size=1)
     try:
@@ -269,13 +264,13 @@ def test_the_store_keeps_its_statements_known_across_a_failed_unit_of_work(
             raise RuntimeError("the use case failed")
         with store.transaction() as tx:
             assert _ours_quietly(tx.conn, own) == 0  # deallocated by the rollback...
-            assert own._prepared[tx.conn] == {}  # ...and known to be
+            assert tx.conn.direct == {}  # ...and known to be
             assert own.fetch_one(tx.conn, {"x": 2}) == {"y": 32}
     finally:
         store.close()
 
 
-def _ours_quietly(conn: psycopg.Connection[Any], statement: OwnStatement) -> int:
+def _ours_quietly(conn: Connection[Any], statement: OwnStatement) -> int:
     # Outside a transaction, leaving none open.
     result = conn.pgconn.exec_(
         b"SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '"

@@ -10,11 +10,14 @@ loaders, chosen by psycopg's adapters for the connection.
 Only for a statement that runs on its own, outside any transaction (libpq runs it as
 its own implicit transaction, committed at its Sync, as psycopg's autocommit would).
 
-psycopg's `rollback()` deallocates every prepared statement of the session when it holds
-any of its own: the store calls `after_rollback` then, so the next call prepares what is
-gone instead of meeting "prepared statement does not exist" (a wasted round trip and an
-ERROR in the server's log). Each combination of parameter types is prepared under its own
-name (a None where a value was, an integer past 32 bits): a handful per statement.
+Each connection of the store's pool is a `Connection`, which knows the statements
+prepared on it. psycopg's `rollback()` deallocates every prepared statement of the
+session when it holds any of its own; after any rollback (the store's, a use case's,
+the pool's), `Connection` keeps only what the server still holds, so the next call
+prepares what is gone instead of meeting "prepared statement does not exist" (a wasted
+round trip and an ERROR in the server's log). Each combination of parameter types is
+prepared under its own name (a None where a value was, an integer past 32 bits): a
+handful per statement.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
-from weakref import WeakKeyDictionary
 
 import psycopg
 import psycopg.errors
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
-from psycopg.pq.abc import PGresult
+from psycopg.pq.abc import PGconn, PGresult
+from psycopg.rows import Row, RowFactory, tuple_row
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
 # "prepared statement does not exist": dropped behind our back (DEALLOCATE, DISCARD).
@@ -38,9 +41,37 @@ _NOT_PREPARED = b"26000"
 _PLAN_CHANGED = b"0A000"
 # "prepared statement already exists": ours (the name says the statement and its types).
 _ALREADY_PREPARED = b"42P05"
-_STATEMENTS: dict[str, OwnStatement] = {}
+_NAMES: set[str] = set()
 _MAX_NAME = 63 - 13  # PostgreSQL keeps 63 bytes of a name; the types add 13
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")  # as PostgreSQL spells it unquoted (DEALLOCATE)
+
+
+class Connection(psycopg.Connection[Row]):
+    """A connection of the store's pool: psycopg's, plus the names the direct statements
+    are prepared under on it, kept true across a rollback."""
+
+    def __init__(self, pgconn: PGconn, row_factory: RowFactory[Row] = tuple_row) -> None:  # type: ignore[assignment]
+        super().__init__(pgconn, row_factory)
+        # (statement, parameter types) -> the name it is prepared under on this session.
+        self.direct: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+    def rollback(self) -> None:
+        super().rollback()
+        if self.direct:
+            self._keep_what_the_server_holds()
+
+    def _keep_what_the_server_holds(self) -> None:
+        # One query, on the rollback's own path; on any failure every name is forgotten
+        # (the next call prepares again).
+        alive: set[bytes] = set()
+        if not self.closed and self.info.transaction_status == pq.TransactionStatus.IDLE:
+            try:
+                result = self.pgconn.exec_(b"SELECT name FROM pg_prepared_statements")
+            except psycopg.Error:
+                result = None
+            if result is not None and result.status == pq.ExecStatus.TUPLES_OK:
+                alive = {result.get_value(i, 0) or b"" for i in range(result.ntuples)}
+        self.direct = {key: name for key, name in self.direct.items() if name in alive}
 
 
 class OwnStatement:
@@ -60,7 +91,7 @@ class OwnStatement:
                 keys.append(match.group(1))
             return f"${keys.index(match.group(1)) + 1}"
 
-        if name in _STATEMENTS or len(name) > _MAX_NAME or not _NAME.fullmatch(name):
+        if name in _NAMES or len(name) > _MAX_NAME or not _NAME.fullmatch(name):
             raise ValueError(f"a statement name: unique, [a-z0-9_], at most {_MAX_NAME}: {name!r}")
         query = _PLACEHOLDER.sub(number, sql)
         if "%" in query or (keys and positions):
@@ -70,27 +101,22 @@ class OwnStatement:
         self._name = name
         self._formats = [PyFormat.AUTO] * (len(keys) or positions)
         self._columns: tuple[str, ...] = ()
-        # Per connection, the name the statement is prepared under for each combination
-        # of parameter types (a None where a value was is another type: unknown). The
-        # values hold no reference to their connection, so an entry goes with it.
-        self._prepared: WeakKeyDictionary[psycopg.Connection[Any], dict[tuple[int, ...], bytes]]
-        self._prepared = WeakKeyDictionary()
-        _STATEMENTS[name] = self
+        _NAMES.add(name)
 
     def fetch_one(
         self, conn: psycopg.Connection[Any], params: Mapping[str, Any] | Sequence[Any]
     ) -> dict[str, Any] | None:
-        """The statement's first row as a dict (None when it returned none). Raises what
-        psycopg's cursor would raise: an OperationalError when the connection is closed
-        or lost, the server's error otherwise."""
+        """The statement's first row as a dict (None when it returned none), on one of
+        the store's connections. Raises what psycopg's cursor would raise: an
+        OperationalError when the connection is closed or lost, the server's error
+        otherwise."""
+        if not isinstance(conn, Connection):
+            raise TypeError("a direct statement runs on the store's connections (Connection)")
         if conn.closed:
             raise psycopg.OperationalError("the connection is closed")
         if conn.info.transaction_status != pq.TransactionStatus.IDLE:
             # Never inside someone's transaction: the statement must commit on its own.
             raise psycopg.ProgrammingError("a statement run directly needs no open transaction")
-        names = self._prepared.get(conn)
-        if names is None:
-            names = self._prepared.setdefault(conn, {})
         # A Transformer per call: one kept per connection would hold the connection.
         tx = Transformer(conn)
         if self.keys is None:
@@ -103,27 +129,28 @@ class OwnStatement:
             raise TypeError(f"the statement takes {len(self._formats)} parameters")
         values = tx.dump_sequence(given, self._formats)
         types = tuple(tx.types or ())
+        key = (self._name, types)
         for attempt in (1, 2):
-            name = names.get(types)
+            name = conn.direct.get(key)
             if name is None:
                 name = self._name_for(types)
                 prepared = conn.pgconn.prepare(name, self.query, types)
                 if prepared.error_field(pq.DiagnosticField.SQLSTATE) != _ALREADY_PREPARED:
                     self._check(conn, prepared)
-                names[types] = name
+                conn.direct[key] = name
             # A None value is SQL NULL (psycopg's cursor passes them the same way).
             result = conn.pgconn.exec_prepared(
                 name, cast("Sequence[bytes]", values), tx.formats, result_format=pq.Format.BINARY
             )
             state = result.error_field(pq.DiagnosticField.SQLSTATE)
             if attempt == 1 and state == _NOT_PREPARED:
-                names.clear()
+                conn.direct.clear()  # all gone (DEALLOCATE ALL, DISCARD ALL)
                 continue
             if attempt == 1 and state == _PLAN_CHANGED:
                 # A schema change altered what the statement returns: PostgreSQL refuses
                 # the kept plan before running anything. Prepare it afresh, once.
                 self._check(conn, conn.pgconn.exec_(b"DEALLOCATE " + name))
-                del names[types]
+                del conn.direct[key]
                 continue
             break
         self._check(conn, result)
@@ -149,25 +176,3 @@ class OwnStatement:
             # The connection failed (no SQLSTATE): what psycopg raises for it too.
             raise psycopg.OperationalError("the connection to the database was lost")
         raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
-
-
-def after_rollback(conn: psycopg.Connection[Any]) -> None:
-    """After `conn.rollback()`: keep only the statements the server still holds (psycopg
-    may have deallocated them all). One query, on the rollback's own path; on any failure
-    every name of the connection is forgotten (the next call prepares again)."""
-    held = [s for s in _STATEMENTS.values() if s._prepared.get(conn)]
-    if not held:
-        return
-    alive: set[bytes] | None = None
-    if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-        try:
-            result = conn.pgconn.exec_(b"SELECT name FROM pg_prepared_statements")
-        except psycopg.Error:
-            result = None
-        if result is not None and result.status == pq.ExecStatus.TUPLES_OK:
-            alive = {result.get_value(i, 0) or b"" for i in range(result.ntuples)}
-    for statement in held:
-        names = statement._prepared.get(conn, {})
-        for types, name in list(names.items()):
-            if alive is None or name not in alive:
-                del names[types]

@@ -149,6 +149,8 @@ class Store:
             max_size=self._max_size,
             timeout=self._timeout,
             kwargs=self._connect_kwargs(),
+            # Connections that keep the direct statements' names (prepared.py).
+            connection_class=prepared.Connection,
             # No `reset` callback: with one, the pool hands every returned connection
             # to its worker thread (a wake-up per request).
             check=self._check_if_idle,
@@ -213,7 +215,6 @@ class Store:
                 bound = self._timeout if left is None else max(_SHORTER, left)
                 with contextlib.suppress(psycopg.Error), self._silence_bound(conn, bound):
                     conn.rollback()
-                    prepared.after_rollback(conn)
 
     def close(self) -> None:
         pool = self._pool.take()

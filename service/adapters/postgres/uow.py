@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 
-from service.adapters.postgres import prepared
 from service.adapters.postgres.approvals import ApprovalsRepository
 from service.adapters.postgres.audit import AuditRepository
 from service.adapters.postgres.groupcommit import AuditGroupCommit
@@ -56,7 +55,6 @@ class UnitOfWork:
 
     def rollback(self) -> None:
         self.conn.rollback()
-        prepared.after_rollback(self.conn)
 
     def ping(self) -> None:
         self.conn.execute("SELECT 1")
