@@ -233,6 +233,10 @@ def trace_round_trips(
             # the caller and the read's own statement confirms it.
             return svc.notes.read(caller, note.id, confirm_token=digest)
 
+        def cold_read() -> object:
+            svc.cache.clear()  # the data key comes from Vault again
+            return read()
+
         def create() -> object:
             return svc.notes.create(
                 auth(), note.patient_id, kind="progress", content=content, encounter_at=None
@@ -258,6 +262,7 @@ def trace_round_trips(
                     ("authenticate (every API request)", auth),
                     ("warm read (authenticate + NotesService.read)", read),
                     ("warm read, remembered caller (the API's path)", read_remembered),
+                    ("cold read (key cache emptied first; Vault unwraps)", cold_read),
                     ("create (authenticate + NotesService.create)", create),
                     ("create, remembered caller (the API's path)", create_remembered),
                 ):

@@ -1,8 +1,10 @@
-"""The connection to Vault: login (token, token file, AppRole), renewal, and the
-translation of every hvac/requests error into the service's own errors."""
+"""The connection to Vault: login (token, token file, AppRole), renewal, the calls on
+a request's path (over transport.py's lean connections), and the translation of every
+hvac, requests and connection error into the service's own errors."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import threading
@@ -18,6 +20,7 @@ import requests
 
 from crypto import DecryptionError
 from service import deadline
+from service.adapters.vault.transport import LeanTransport, Redirected
 from service.errors import KeyServiceThrottled, KeyServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,7 @@ class VaultClient:
         self._lock = threading.Lock()
         self._client: hvac.Client | None = None
         self._client_pid: int | None = None
+        self._lean: LeanTransport | None = None
         self._renew_at: float | None = None  # monotonic time to renew the token
         self._token_ttl: float | None = None
 
@@ -146,6 +150,7 @@ class VaultClient:
             if self._client is None or self._client_pid != os.getpid():
                 self._client = self._new_client()
                 self._client_pid = os.getpid()
+                self._lean = _lean_transport(self._addr)
             elif self._renew_at is not None and self._monotonic() >= self._renew_at:
                 self._client = self._renew(self._client)
             return self._client
@@ -173,7 +178,7 @@ class VaultClient:
         except hvac.exceptions.VaultError as e:
             log.warning("vault error: %s", type(e).__name__)
             raise KeyServiceUnavailable() from e
-        except requests.exceptions.RequestException as e:
+        except (requests.exceptions.RequestException, OSError, http.client.HTTPException) as e:
             log.warning("vault unreachable: %s", type(e).__name__)
             raise KeyServiceUnavailable() from e
 
@@ -189,6 +194,32 @@ class VaultClient:
                 with self._lock:
                     self._client = None
                 return fn(self.client())
+
+    def _post(self, path: str, payload: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        """POST to Vault (``/v1/...``) with the client's token: over the lean transport,
+        or through hvac where that cannot go (a proxy, a redirect). `idempotent`: the
+        call may be sent again when a kept-alive connection turns out closed."""
+
+        def run(c: hvac.Client) -> dict[str, Any]:
+            lean = self._lean
+            if lean is not None:
+                wait = deadline.bounded(self._timeout)
+                headers = {"X-Vault-Token": c.token}
+                if c.adapter.namespace:
+                    headers["X-Vault-Namespace"] = c.adapter.namespace
+                try:
+                    return lean.post(
+                        path, payload, headers=headers, timeout=wait, idempotent=idempotent
+                    )
+                except Redirected:
+                    pass  # hvac follows it
+                except TimeoutError:
+                    if wait < self._timeout:
+                        raise deadline.DeadlineExceeded() from None
+                    raise
+            return dict(c.adapter.post(path, json=payload))
+
+        return self._call(run)
 
     def health(self) -> dict[str, Any]:
         """Readiness: reachable, initialized, unsealed. Never raises."""
@@ -206,3 +237,11 @@ class VaultClient:
         except Exception as e:
             log.warning("vault health check failed: %s", type(e).__name__)
             return {"ok": False, "sealed": None}
+
+
+def _lean_transport(addr: str) -> LeanTransport | None:
+    """The lean transport for `addr`, or None where a proxy from the environment
+    applies to it (hvac's session goes through the proxy; this transport does not)."""
+    if requests.utils.get_environ_proxies(addr):
+        return None
+    return LeanTransport(addr, verify=_environment_verify())
