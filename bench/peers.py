@@ -15,8 +15,9 @@ round trip and there is no BEGIN/COMMIT.
 
 Environment: ``BENCH_PEER_MODE``, ``BENCH_PEER_DATABASE_URL``,
 ``BENCH_PEER_POOL_SIZE``, and for transit ``VAULT_ADDR``, ``VAULT_TOKEN`` and
-``BENCH_PEER_LEAN_VAULT=1`` (the HTTP session does not re-read the environment on
-every call, as Sealed Notes' Vault client).
+``BENCH_PEER_LEAN_VAULT=1`` (Transit over the same kept-alive http.client
+connections as Sealed Notes' own Vault client, service/adapters/vault/transport.py,
+instead of hvac and requests).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import psycopg
 import psycopg_pool
 from flask import Flask, Response, jsonify, request
 from psycopg.rows import dict_row
+
+from service.adapters.vault.transport import LeanTransport
 
 MODE_PLAINTEXT = "plaintext"
 MODE_TRANSIT = "transit"
@@ -102,6 +105,7 @@ class PeerBackend:
         self._pid: int | None = None
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
         self._vault: hvac.Client | None = None
+        self._lean: LeanTransport | None = None
 
     def _ensure(self) -> None:
         with self._lock:
@@ -121,9 +125,8 @@ class PeerBackend:
                     url=os.environ["VAULT_ADDR"], token=os.environ["VAULT_TOKEN"], timeout=2
                 )
                 if os.environ.get("BENCH_PEER_LEAN_VAULT") == "1":
-                    # As Sealed Notes' own client: requests no longer reads proxy and
-                    # CA settings from the environment again on every Transit call.
-                    self._vault.adapter.session.trust_env = False
+                    # As Sealed Notes' own client: Transit over kept-alive connections.
+                    self._lean = LeanTransport(os.environ["VAULT_ADDR"], verify=True)
             self._pid = os.getpid()
 
     def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]]:
@@ -136,7 +139,19 @@ class PeerBackend:
         assert self._vault is not None
         return self._vault
 
+    def _lean_transit(self, operation: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        self._ensure()
+        if self._lean is None:
+            return None
+        path = f"/v1/{TRANSIT_MOUNT}/{operation}/{TRANSIT_KEY}"
+        headers = {"X-Vault-Token": os.environ["VAULT_TOKEN"]}
+        return self._lean.post(path, payload, headers=headers, timeout=2, idempotent=True)["data"]
+
     def encrypt(self, patient_id: str, plaintext: bytes) -> str:
+        payload = {"plaintext": _b64(plaintext), "context": transit_context(patient_id)}
+        lean = self._lean_transit("encrypt", payload)
+        if lean is not None:
+            return str(lean["ciphertext"])
         resp = self.vault().secrets.transit.encrypt_data(
             name=TRANSIT_KEY,
             plaintext=_b64(plaintext),
@@ -146,6 +161,11 @@ class PeerBackend:
         return str(resp["data"]["ciphertext"])
 
     def decrypt(self, patient_id: str, ciphertext: str) -> bytes:
+        lean = self._lean_transit(
+            "decrypt", {"ciphertext": ciphertext, "context": transit_context(patient_id)}
+        )
+        if lean is not None:
+            return base64.b64decode(lean["plaintext"])
         resp = self.vault().secrets.transit.decrypt_data(
             name=TRANSIT_KEY,
             ciphertext=ciphertext,

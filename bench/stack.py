@@ -260,8 +260,8 @@ def peer_server(
 ) -> ServerProcess:
     """A comparison server from `bench.peers` under gunicorn: gthread in the same
     shape as Sealed Notes, or (`sync`) the peer at its own best: plain sync workers,
-    2 x cores + 1 of them, one connection each. `lean_vault`: the Transit peer's HTTP
-    session set up as Sealed Notes' own (no environment lookups per call)."""
+    2 x cores + 1 of them, one connection each. `lean_vault`: the Transit peer calls
+    Transit over Sealed Notes' own lean transport (kept-alive http.client connections)."""
     port = free_port()
     if sync:
         shape = ServingShape(workers=2 * (os.cpu_count() or 1) + 1, threads=1, pool_size=1)
