@@ -148,9 +148,11 @@ class VaultClient:
         # One client (one HTTP session) per process: never share sockets across fork.
         with self._lock:
             if self._client is None or self._client_pid != os.getpid():
-                self._client = self._new_client()
-                self._client_pid = os.getpid()
-                self._lean = _lean_transport(self._addr)
+                client = self._new_client()
+                # Made from the hvac client's own settings, before it is kept: a
+                # transport that cannot be made (a CA file missing) fails this call.
+                self._lean = _lean_transport(self._addr, client)
+                self._client, self._client_pid = client, os.getpid()
             elif self._renew_at is not None and self._monotonic() >= self._renew_at:
                 self._client = self._renew(self._client)
             return self._client
@@ -217,7 +219,10 @@ class VaultClient:
                     if wait < self._timeout:
                         raise deadline.DeadlineExceeded() from None
                     raise
-            return dict(c.adapter.post(path, json=payload))
+            answer = c.adapter.post(path, json=payload)
+            if not isinstance(answer, dict):  # hvac hands back a non-200 success as is
+                raise hvac.exceptions.UnexpectedError("Vault's answer is not a JSON object")
+            return answer
 
         return self._call(run)
 
@@ -239,9 +244,18 @@ class VaultClient:
             return {"ok": False, "sealed": None}
 
 
-def _lean_transport(addr: str) -> LeanTransport | None:
-    """The lean transport for `addr`, or None where a proxy from the environment
-    applies to it (hvac's session goes through the proxy; this transport does not)."""
+def _lean_transport(addr: str, client: hvac.Client) -> LeanTransport | None:
+    """The lean transport for `addr`, trusting and presenting what the hvac client's
+    session does (its CA setting, or requests' CA bundle; VAULT_CLIENT_CERT and
+    VAULT_CLIENT_KEY), or None where a proxy from the environment applies to `addr`
+    (hvac's session goes through the proxy; this transport does not)."""
     if requests.utils.get_environ_proxies(addr):
         return None
-    return LeanTransport(addr, verify=_environment_verify())
+    settings = client.adapter._kwargs
+    verify = settings.get("verify", True)
+    if verify is True:
+        verify = requests.utils.DEFAULT_CA_BUNDLE_PATH
+    cert = settings.get("cert")
+    if isinstance(cert, str):
+        cert = (cert, None)
+    return LeanTransport(addr, verify=verify, client_cert=tuple(cert) if cert else None)

@@ -25,7 +25,10 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+import hvac.exceptions
 import hvac.utils
+
+from service import deadline
 
 MAX_IDLE = 16  # kept-alive connections per process; more at once are closed after use
 # A kept-alive connection the server closed meanwhile fails as one of these, before
@@ -38,7 +41,17 @@ class Redirected(Exception):
 
 
 class LeanTransport:
-    def __init__(self, addr: str, *, verify: str | bool) -> None:
+    """`verify`: a CA file or directory, or True for the system's trust store (the client
+    passes the CA bundle requests would use, so hvac and this transport trust alike).
+    `client_cert`: (certificate, key) files presented to a Vault that asks for one."""
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        verify: str | bool,
+        client_cert: tuple[str, str | None] | None = None,
+    ) -> None:
         parts = urlsplit(addr)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("VAULT_ADDR must be an http:// or https:// URL")
@@ -46,7 +59,7 @@ class LeanTransport:
         self._host = parts.hostname
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
-        self._context = _tls_context(verify) if self._https else None
+        self._context = _tls_context(verify, client_cert) if self._https else None
         self._lock = threading.Lock()
         self._idle: list[http.client.HTTPConnection] = []
         self._pid = os.getpid()
@@ -62,7 +75,9 @@ class LeanTransport:
     ) -> dict[str, Any]:
         """POST `payload` as JSON to `path` (``/v1/...``) and return Vault's JSON answer.
         Raises hvac's exception for a Vault error, `Redirected`, or the connection's
-        own error (OSError, http.client.HTTPException; TimeoutError past `timeout`)."""
+        own error (OSError, http.client.HTTPException; TimeoutError past `timeout`).
+        A call sent again after a stale connection waits at most what is left of the
+        request's deadline (DeadlineExceeded when nothing is)."""
         body = json.dumps(payload).encode()
         head = {"Content-Type": "application/json", "X-Vault-Request": "true", **headers}
         conn, reused = self._connection(timeout)
@@ -72,7 +87,7 @@ class LeanTransport:
             conn.close()
             if not (reused and idempotent):
                 raise
-            conn, _ = self._new(timeout), False
+            conn = self._new(deadline.bounded(timeout))
             try:
                 status, data, location = _exchange(conn, self._prefix + path, body, head)
             except BaseException:
@@ -131,7 +146,11 @@ class LeanTransport:
 def _exchange(
     conn: http.client.HTTPConnection, url: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, bytes, str | None]:
-    conn.request("POST", url, body=body, headers=headers)
+    try:
+        conn.request("POST", url, body=body, headers=headers)
+    except ValueError:
+        # http.client refuses a header value with a line break, quoting it (a token).
+        raise http.client.HTTPException("a request header is not valid") from None
     resp = conn.getresponse()
     data = resp.read()
     if resp.will_close:
@@ -145,11 +164,14 @@ def _usable(conn: http.client.HTTPConnection) -> bool:
     sock = conn.sock
     if sock is None:
         return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False  # decrypted bytes already buffered: not quiet
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller = select.poll()  # any descriptor number (select() stops at 1024)
+        poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable
 
 
 def _json(data: bytes) -> Any:
@@ -159,13 +181,18 @@ def _json(data: bytes) -> Any:
         return None
 
 
-def _tls_context(verify: str | bool) -> ssl.SSLContext:
-    """Verification as requests would apply it: the default trust store, a CA file or a
-    CA directory. Never unverified: a Vault whose certificate fails is unavailable."""
+def _tls_context(verify: str | bool, client_cert: tuple[str, str | None] | None) -> ssl.SSLContext:
+    """Verification as requests applies it: a CA file or directory, else the default
+    trust store; the host name checked. Never unverified: a Vault whose certificate
+    fails is unavailable."""
     if verify is True or verify is False:
         # False is never configured by the service (_environment_verify); if it were,
         # verifying anyway is the safe reading.
-        return ssl.create_default_context()
-    if os.path.isdir(verify):
-        return ssl.create_default_context(capath=verify)
-    return ssl.create_default_context(cafile=verify)
+        context = ssl.create_default_context()
+    elif os.path.isdir(verify):
+        context = ssl.create_default_context(capath=verify)
+    else:
+        context = ssl.create_default_context(cafile=verify)
+    if client_cert is not None:
+        context.load_cert_chain(client_cert[0], client_cert[1])
+    return context
