@@ -280,6 +280,16 @@ def trace_round_trips(
         # (one Transit unwrap, its key.unwrap record); the patient was already released
         # this hour, so no budget is spent.
         timings.append(_time("Sealed Notes cold read, untraced", read, iterations, svc.cache.clear))
+        # The API's cold read: the remembered caller's statement records the grant, then
+        # the unwrap, then its `key.unwrap` record in a second commit.
+        timings.append(
+            _time(
+                "Sealed Notes cold read, remembered caller",
+                read_remembered,
+                iterations,
+                svc.cache.clear,
+            )
+        )
     finally:
         svc.store.close()
 

@@ -75,3 +75,19 @@ def test_the_python_load_generator_says_what_the_errors_were(tmp_path: Path) -> 
         server.shutdown()
     assert result.errors == result.requests > 0
     assert result.error_kinds == {"503": result.errors}
+
+
+def test_the_cold_read_is_judged_against_the_warm_read_of_its_own_path() -> None:
+    timings = [
+        {"operation": "Sealed Notes warm read, untraced", "p50_ms": 2.0},
+        {"operation": "Sealed Notes cold read, untraced", "p50_ms": 4.5},
+        {"operation": "Sealed Notes warm read, remembered caller", "p50_ms": 1.0},
+        {"operation": "Sealed Notes cold read, remembered caller", "p50_ms": 4.5},
+    ]
+    lines = report.cold_read_lines(timings)
+    assert lines == [
+        "  Sealed Notes cold read, untraced - warm, p50: +2.50 ms (target <= +3 ms: ok)",
+        "  Sealed Notes cold read, remembered caller - warm, p50: +3.50 ms"
+        " (target <= +3 ms: missed)",
+    ]
+    assert report.cold_read_lines(timings[:1]) == []
