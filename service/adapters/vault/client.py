@@ -27,21 +27,28 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@contextmanager
+def _within_deadline(limit: float) -> Iterator[float]:
+    """How long one Vault request may wait: its timeout, or what is left of the request's
+    deadline when that is less (a call started at 4.5 s of a 5 s deadline gets 0.5 s).
+    A wait the deadline cut short that times out is DeadlineExceeded: the request's own
+    time ran out (perhaps on an earlier slow call), not Vault failing, and no reason to
+    log in again. For hvac's requests and the lean transport's alike."""
+    wait = deadline.bounded(limit)
+    try:
+        yield wait
+    except (requests.exceptions.Timeout, TimeoutError):
+        if wait < limit:
+            raise deadline.DeadlineExceeded() from None
+        raise
+
+
 class _WithinDeadline(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac is untyped
-    """Each Vault request waits at most its timeout, or what is left of the request's
-    deadline when that is less (a call started at 4.5 s of a 5 s deadline gets 0.5 s)."""
+    """Each hvac request waits as `_within_deadline` says."""
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        limit = self._kwargs["timeout"]
-        wait = deadline.bounded(limit)
-        try:
+        with _within_deadline(self._kwargs["timeout"]) as wait:
             return super().request(*args, **{**kwargs, "timeout": wait})
-        except requests.exceptions.Timeout:
-            if wait < limit:
-                # The request's own time ran out (perhaps on an earlier slow call): not
-                # Vault failing, and no reason to log in again.
-                raise deadline.DeadlineExceeded() from None
-            raise
 
 
 def _environment_verify() -> str | bool:
@@ -205,20 +212,16 @@ class VaultClient:
         def run(c: hvac.Client) -> dict[str, Any]:
             lean = self._lean
             if lean is not None:
-                wait = deadline.bounded(self._timeout)
                 headers = {"X-Vault-Token": c.token}
                 if c.adapter.namespace:
                     headers["X-Vault-Namespace"] = c.adapter.namespace
                 try:
-                    return lean.post(
-                        path, payload, headers=headers, timeout=wait, idempotent=idempotent
-                    )
+                    with _within_deadline(self._timeout) as wait:
+                        return lean.post(
+                            path, payload, headers=headers, timeout=wait, idempotent=idempotent
+                        )
                 except Redirected:
                     pass  # hvac follows it
-                except TimeoutError:
-                    if wait < self._timeout:
-                        raise deadline.DeadlineExceeded() from None
-                    raise
             answer = c.adapter.post(path, json=payload)
             if not isinstance(answer, dict):  # hvac hands back a non-200 success as is
                 raise hvac.exceptions.UnexpectedError("Vault's answer is not a JSON object")

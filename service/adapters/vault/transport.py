@@ -81,21 +81,18 @@ class LeanTransport:
         body = json.dumps(payload).encode()
         head = {"Content-Type": "application/json", "X-Vault-Request": "true", **headers}
         conn, reused = self._connection(timeout)
-        try:
-            status, data, location = _exchange(conn, self._prefix + path, body, head)
-        except _STALE:
-            conn.close()
-            if not (reused and idempotent):
-                raise
-            conn = self._new(deadline.bounded(timeout))
+        while True:
             try:
                 status, data, location = _exchange(conn, self._prefix + path, body, head)
+                break
+            except _STALE:
+                conn.close()
+                if not (reused and idempotent):
+                    raise
+                conn, reused = self._new(deadline.bounded(timeout)), False
             except BaseException:
                 conn.close()
                 raise
-        except BaseException:
-            conn.close()
-            raise
         self._release(conn)
         if 300 <= status < 400 and location:
             raise Redirected()
