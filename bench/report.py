@@ -181,6 +181,8 @@ def render_table(summary: dict[str, Any]) -> str:
         for key, entry in data["ratios"].items():
             peer = key.removeprefix("sealednotes_vs_")
             lines.append(f"{'':<7}Sealed Notes / {LABELS[peer]}: {_verdict(entry)}")
+        if case == "read":
+            lines += postgres_cpu_lines(data)
         if "key_cache" in data:
             kc = data["key_cache"]
             lines.append(
@@ -246,6 +248,23 @@ def render_table(summary: dict[str, Any]) -> str:
             )
         lines += cold_read_lines(summary["round_trips"]["timings"])
     return "\n".join(lines)
+
+
+POSTGRES_CPU_TARGET_MS = 0.5  # PostgreSQL's CPU per warm read of Sealed Notes, at most
+
+
+def postgres_cpu_lines(read: dict[str, Any]) -> list[str]:
+    """PostgreSQL's CPU per warm read of Sealed Notes (its backends' CPU during the
+    read slices over the reads answered) against the target; nothing without samples."""
+    per_request = read.get("sealednotes", {}).get("cpu_ms_per_request") or {}
+    spent = per_request.get("postgres")
+    if spent is None or not math.isfinite(spent):
+        return []
+    verdict = "ok" if spent <= POSTGRES_CPU_TARGET_MS else "missed"
+    return [
+        f"{'':<7}Sealed Notes PostgreSQL CPU per warm read: {spent:.2f} ms "
+        f"(target <= {POSTGRES_CPU_TARGET_MS:g} ms: {verdict})"
+    ]
 
 
 COLD_READ_TARGET_MS = 3.0  # a cold read's p50 at most this much above the warm read's

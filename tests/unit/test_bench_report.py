@@ -91,3 +91,18 @@ def test_the_cold_read_is_judged_against_the_warm_read_of_its_own_path() -> None
         " (target <= +3 ms: missed)",
     ]
     assert report.cold_read_lines(timings[:1]) == []
+
+
+def test_postgres_cpu_per_warm_read_is_judged_against_its_target() -> None:
+    def read(postgres: float) -> dict[str, object]:
+        return {"sealednotes": {"cpu_ms_per_request": {"server": 0.8, "postgres": postgres}}}
+
+    assert report.postgres_cpu_lines(read(0.36)) == [
+        "       Sealed Notes PostgreSQL CPU per warm read: 0.36 ms (target <= 0.5 ms: ok)"
+    ]
+    assert report.postgres_cpu_lines(read(0.84)) == [
+        "       Sealed Notes PostgreSQL CPU per warm read: 0.84 ms (target <= 0.5 ms: missed)"
+    ]
+    # No CPU samples (the sampler could not read the backends): no verdict at all.
+    assert report.postgres_cpu_lines({"sealednotes": {"cpu_ms_per_request": {}}}) == []
+    assert report.postgres_cpu_lines(read(float("nan"))) == []
