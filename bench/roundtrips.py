@@ -280,11 +280,29 @@ def trace_round_trips(
         # (one Transit unwrap, its key.unwrap record); the patient was already released
         # this hour, so no budget is spent.
         timings.append(_time("Sealed Notes cold read, untraced", read, iterations, svc.cache.clear))
-        # The API's cold read: the remembered caller's statement records the grant, then
-        # the unwrap, then its `key.unwrap` record in a second commit.
+        # The API's cold read: a remembered caller whose key has expired from the
+        # worker's cache (keys live 0 s in this second set of services), the note's
+        # patient known to the worker: the statement confirms the caller, Vault
+        # unwraps, the grant and `key.unwrap` commit together.
+        expired = build_services(
+            replace(bench_settings(stack), pool_min=1, pool_max=1, key_cache_ttl=0.0)
+        )
+        try:
+            expired.store.pool().wait(timeout=10)
+            timings.append(
+                _time(
+                    "Sealed Notes cold read, remembered caller",
+                    lambda: expired.notes.read(caller, note.id, confirm_token=digest),
+                    iterations,
+                )
+            )
+        finally:
+            expired.store.close()
+        # Reported, no target: a worker that does not know the note (its cache emptied):
+        # the statement commits the grant, `key.unwrap` follows in a second commit.
         timings.append(
             _time(
-                "Sealed Notes cold read, remembered caller",
+                "Sealed Notes cold read, remembered caller, note unknown to the worker",
                 read_remembered,
                 iterations,
                 svc.cache.clear,

@@ -125,6 +125,9 @@ class Confirmation:
     principal: Principal
     request_id: str | None
     client_addr: str | None
+    # False when this worker knows it holds no key of the note's patient: the read will
+    # call Vault, and its grant is recorded with `key.unwrap`, one commit for both.
+    record_grant: bool = True
 
 
 @dataclass(frozen=True, slots=True)

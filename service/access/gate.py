@@ -249,7 +249,9 @@ class KeyReleaseGate:
         p = caller.principal
         confirm = None
         if confirm_token is not None:
-            confirm = Confirmation(confirm_token, p, caller.request_id, caller.client_addr)
+            # A read that will call Vault records its grant with `key.unwrap` (one commit).
+            held = not self._cache.lacks_note_key(p.tenant_id, note_id)
+            confirm = Confirmation(confirm_token, p, caller.request_id, caller.client_addr, held)
         found = tx.ledger.note_gate_snapshot(p.id, p.tenant_id, note_id, now, confirm=confirm)
         if confirm is not None and not found.gate.confirms(p):
             if found.recorded:
@@ -258,6 +260,7 @@ class KeyReleaseGate:
         if found.note is None:
             return None
         note = found.note
+        self._cache.remember_note(note.tenant_id, note.id, note.patient_id)
         release = self.release(
             tx,
             caller,

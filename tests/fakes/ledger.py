@@ -118,6 +118,7 @@ class FakeLedger(_Repo):
         # out again here rather than borrowed from the gate: the two must agree.
         recorded = (
             confirm is not None
+            and confirm.record_grant
             and gate.token_valid
             and principal == confirm.principal
             and principal is not None

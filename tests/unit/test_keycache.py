@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.access.keycache import KeyCache, cache_key
+from service.access.keycache import NOTES_PER_KEY, KeyCache, cache_key
 
 WRAPPED = "vault:v1:d3JhcHBlZC1rZXktMQ=="
 KEY_A = cache_key("tenant-1", "patient-a", 1, WRAPPED)
@@ -229,3 +229,65 @@ def test_cache_key_holds_a_digest_not_the_wrapped_key() -> None:
     assert WRAPPED not in key
     assert all(WRAPPED.encode() not in part for part in key if isinstance(part, bytes))
     assert key == cache_key("t", "p", 1, WRAPPED)
+
+
+# -- which notes' keys the worker holds (a hint for the remembered caller's read) -------
+
+
+def test_a_note_it_has_not_seen_is_not_known_to_lack_its_key() -> None:
+    cache = _cache(FakeClock())
+    assert cache.lacks_note_key("tenant-1", "note-1") is False
+
+
+def test_a_known_note_lacks_its_key_until_the_key_is_held_and_again_once_it_expires() -> None:
+    clock = FakeClock()
+    cache = _cache(clock, ttl=60)
+    cache.remember_note("tenant-1", "note-1", "patient-a")
+    assert cache.lacks_note_key("tenant-1", "note-1") is True
+    cache.put(KEY_A, DEK_A)
+    assert cache.lacks_note_key("tenant-1", "note-1") is False
+    clock.advance(59.9)
+    assert cache.lacks_note_key("tenant-1", "note-1") is False
+    clock.advance(0.1)
+    assert cache.lacks_note_key("tenant-1", "note-1") is True
+    assert cache.get(KEY_A) is None  # the expired entry is gone, as get() would drop it
+    # Another tenant's note of the same id is another note.
+    assert cache.lacks_note_key("tenant-2", "note-1") is False
+
+
+def test_an_evicted_key_is_no_longer_held_and_another_patients_key_never_counts() -> None:
+    cache = _cache(FakeClock(), max_entries=2)
+    cache.remember_note("tenant-1", "note-a", "patient-a")
+    cache.remember_note("tenant-1", "note-b", "patient-b")
+    cache.put(KEY_A, DEK_A)
+    cache.put(KEY_B, DEK_B)
+    assert not cache.lacks_note_key("tenant-1", "note-a")
+    cache.put(KEY_C, DEK_C)  # evicts patient-a's key, the least recently used
+    assert cache.lacks_note_key("tenant-1", "note-a") is True
+    assert cache.lacks_note_key("tenant-1", "note-b") is False
+
+
+def test_a_patients_newer_key_is_what_counts() -> None:
+    """A rewrapped key is a new entry; the old one leaving does not make the patient's
+    key unheld, the newer one leaving does."""
+    cache = _cache(FakeClock(), max_entries=2)
+    cache.remember_note("tenant-1", "note-a", "patient-a")
+    old, new = KEY_A, cache_key("tenant-1", "patient-a", 2, "vault:v2:bmV3")
+    cache.put(old, DEK_A)
+    cache.put(new, DEK_B)
+    cache.put(KEY_C, DEK_C)  # evicts the old entry
+    assert cache.lacks_note_key("tenant-1", "note-a") is False
+    cache.put(KEY_B, DEK_B)  # evicts the newer one
+    assert cache.lacks_note_key("tenant-1", "note-a") is True
+
+
+def test_the_notes_remembered_are_bounded_and_clear_forgets_them() -> None:
+    cache = _cache(FakeClock(), max_entries=1)  # up to NOTES_PER_KEY notes
+    for i in range(NOTES_PER_KEY + 1):
+        cache.remember_note("tenant-1", f"note-{i}", "patient-a")
+    assert cache.lacks_note_key("tenant-1", "note-0") is False  # forgotten: unknown
+    assert cache.lacks_note_key("tenant-1", f"note-{NOTES_PER_KEY}") is True
+    cache.put(KEY_A, DEK_A)
+    cache.clear()
+    assert cache.lacks_note_key("tenant-1", f"note-{NOTES_PER_KEY}") is False
+    assert len(cache) == 0

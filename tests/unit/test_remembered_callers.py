@@ -13,9 +13,10 @@ import pytest
 from service.access.authentication import hash_token
 from service.access.remembered import RememberedCallers, opaque_token_digest
 from service.errors import CallerChanged, GateDisagreement
-from service.models import NoteSnapshot, Principal, Role
+from service.models import AuditEvent, NoteSnapshot, Principal, Role
 from service.notes.sealing import NoteContent
 from tests.fakes import T0, World, _copy
+from tests.fakes.database import FakeAudit
 from tests.fakes.ledger import FakeLedger
 from tests.unit.test_use_cases_on_fakes import BUDGETS, notes_for
 
@@ -147,3 +148,43 @@ def test_a_remembered_create_stops_before_anything_is_written(w: World, change: 
     assert w.db.committed.notes == before.notes
     assert w.db.committed.audit == before.audit
     assert w.db.committed.keys == before.keys
+
+
+@pytest.mark.parametrize(("cache_ttl", "statement_records"), [(0.0, False), (60.0, True)])
+def test_a_reread_that_will_call_vault_records_its_grant_with_the_unwrap(
+    monkeypatch: pytest.MonkeyPatch, cache_ttl: float, statement_records: bool
+):
+    """The worker knows the note's patient (read once). Holding no key of it (keys live
+    0 s here), the statement leaves the grant to the gate, which appends it with
+    `key.unwrap` in one call; holding the key, the statement records it."""
+    w = World(BUDGETS, cache_ttl=cache_ttl)
+    w.db.state.tokens[hash_token(TOKEN)] = ("doc", T0 + timedelta(days=1), None)
+    w.db.committed = _copy(w.db.state)
+    note_id = _note(w)
+    notes_for(w).read(w.caller(), note_id, confirm_token=hash_token(TOKEN))
+    asked: list[bool] = []
+    appends: list[list[tuple[str, str]]] = []
+    snapshot = FakeLedger.note_gate_snapshot
+    append = FakeAudit.insert_audit_event
+
+    def spy_snapshot(self: FakeLedger, *args: Any, **kwargs: Any) -> NoteSnapshot:
+        asked.append(kwargs["confirm"].record_grant)
+        return snapshot(self, *args, **kwargs)
+
+    def spy_append(self: FakeAudit, *events: AuditEvent) -> None:
+        appends.append([(e.action, e.outcome) for e in events])
+        append(self, *events)
+
+    monkeypatch.setattr(FakeLedger, "note_gate_snapshot", spy_snapshot)
+    monkeypatch.setattr(FakeAudit, "insert_audit_event", spy_append)
+    before = len(w.db.committed.audit)
+    view, _ = notes_for(w).read(w.caller(), note_id, confirm_token=hash_token(TOKEN))
+    assert view.content is not None and view.content.body == "body"
+    assert asked == [statement_records]
+    recorded = [(e.action, e.outcome) for e in w.db.committed.audit[before:]]
+    if statement_records:
+        assert recorded == [("note.read", "granted")]  # by the statement, nothing else
+        assert [a for a in appends if a] == []
+    else:
+        assert recorded == [("key.unwrap", "granted"), ("note.read", "granted")]
+        assert [a for a in appends if a] == [recorded]  # one append: one commit

@@ -94,8 +94,9 @@ class LedgerRepository(Repo):
         when the tenant has no such note.
 
         With `confirm` (a remembered caller), the statement also says whether its token
-        is live, and, when the account is exactly as remembered and the read is a warm
-        re-read (WARM_REREAD), appends the read's `note.read granted` record through
+        is live, and, when the account is exactly as remembered, the read is a warm
+        re-read (WARM_REREAD) and the worker may hold the key (`record_grant`: it does
+        not know that it holds none), appends the read's `note.read granted` record through
         sealednotes_audit_append: one round trip for the whole read, the record
         committed with the statement (it runs outside a transaction) before any content
         is decrypted. The gate then checks the same snapshot (release_note).
@@ -104,9 +105,10 @@ class LedgerRepository(Repo):
         ciphertext) cost PostgreSQL about 12 % of the read's work to print as text
         (callgrind, per warm read: 1.22 million instructions as text, 1.07 as binary)."""
         params = self._window(principal_id, tenant_id, now, note=note_id)
-        if confirm is None or not outside_transaction(self.conn):
+        if confirm is None or not confirm.record_grant or not outside_transaction(self.conn):
             # Inside a transaction the record would commit only with it (and vanish
-            # with a rollback): confirm the caller, and leave the record to the gate.
+            # with a rollback); a read that will call Vault records its grant with
+            # `key.unwrap`, in one commit: confirm the caller, leave the record to the gate.
             token = confirm.token_hash if confirm is not None else None
             row = self._read_one(
                 NOTE_SNAPSHOT_SQL, params | {"token": token}, binary=True, rows=_SNAPSHOT_ROWS
