@@ -119,7 +119,9 @@ class Confirmation:
     statement to confirm: the token still live and the account exactly as remembered.
     When it is, and the read is a warm re-read (care team, patient already released to
     this account within the hour, nothing else in the way), the same statement also
-    appends and commits the read's `note.read granted` record."""
+    appends and commits the read's `note.read granted` record, unless `record_grant` is
+    False (the worker knows it holds no key of the note's patient: the gate records the
+    grant with `key.unwrap`, in one commit)."""
 
     token_hash: bytes
     principal: Principal

@@ -57,7 +57,8 @@ class KeyUnwrapper:
         so a failure of the unwrap is recorded too: the log never shows a grant alone for
         a read that returned nothing. `grant`: the read's grant, recorded here once the
         key is in hand, in the same append as `key.unwrap` when Vault was asked (one
-        round trip and one commit for both on a cold read, not two)."""
+        round trip and one commit for both on a cold read, not two); if the unwrap fails,
+        `unavailable` is recorded instead, the transaction's charge dropped."""
         row = snapshot.key if snapshot else tx.keys.patient_key(patient.id, for_share=for_write)
         if row is None:
             self._record(tx, grant)
@@ -80,14 +81,14 @@ class KeyUnwrapper:
             raise
         except DecryptionError as e:
             log.error("wrapped key failed to unwrap for patient %s", patient.id)
-            if granted_already:
-                self._unavailable(
-                    tx, caller, patient, action, note_id, reason=IntegrityFailure.slug
-                )
+            self._came_to_nothing(
+                tx, caller, patient, action, note_id, IntegrityFailure.slug, granted_already, grant
+            )
             raise IntegrityFailure() from e
         except ServiceError as e:  # Vault unavailable, sealed, too slow
-            if granted_already:
-                self._unavailable(tx, caller, patient, action, note_id, reason=e.slug)
+            self._came_to_nothing(
+                tx, caller, patient, action, note_id, e.slug, granted_already, grant
+            )
             raise
         # Vault logs every unwrap with its derivation context; this record names the
         # request that caused it, so `audit reconcile` can match the two one to one.
@@ -102,6 +103,25 @@ class KeyUnwrapper:
         self._record(tx, unwrapped, grant)
         self._cache.put(ckey, key)
         return key
+
+    def _came_to_nothing(
+        self,
+        tx: UnitOfWork,
+        caller: Caller,
+        patient: Patient,
+        action: str,
+        note_id: str | None,
+        reason: str,
+        granted_already: bool,
+        grant: AuditEvent | None,
+    ) -> None:
+        """The unwrap failed: a read whose grant is on record already, or was to be
+        recorded with the key, records `unavailable` (nothing was released, and the log
+        shows the attempt). What this transaction charged is dropped first."""
+        if grant is not None:
+            tx.rollback()
+        if granted_already or grant is not None:
+            self._unavailable(tx, caller, patient, action, note_id, reason=reason)
 
     def _record(self, tx: UnitOfWork, *events: AuditEvent | None) -> None:
         self._audit.append(tx, *(e for e in events if e is not None))

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from flask import Flask
 
+from crypto import DecryptionError
 from service.errors import KeyServiceThrottled, KeyServiceUnavailable
 from tests.conftest import AppFactory
 from tests.helpers import Api, StackHelper, request_records, seed_patients
@@ -75,22 +76,24 @@ def test_a_worker_that_does_not_know_the_note_records_the_grant_first(
 
 
 @pytest.mark.parametrize(
-    ("failure", "expected"),
+    ("failure", "status", "reason"),
     [
-        (KeyServiceUnavailable, []),
-        (KeyServiceThrottled, [("note.read", "unavailable", "vault-unwrap-quota")]),
+        (KeyServiceUnavailable, 503, "key-service-unavailable"),
+        (KeyServiceThrottled, 503, "vault-unwrap-quota"),
+        (DecryptionError, 500, "integrity-failure"),  # a tampered wrapped key
     ],
 )
-def test_a_key_service_failure_leaves_no_grant_on_record(
+def test_a_failed_unwrap_is_recorded_as_unavailable_and_never_as_granted(
     app: Flask,
     api: Api,
     read_once: dict[str, Any],
     db_url: str,
     monkeypatch: pytest.MonkeyPatch,
     failure: type[Exception],
-    expected: list[tuple[Any, ...]],
+    status: int,
+    reason: str,
 ):
-    """Nothing was released, so nothing says it was: as for a token's first request."""
+    """Nothing was released, so nothing says it was; the attempt is on record."""
     svc = app.extensions["sealednotes"]
 
     def refuse(*_args: Any, **_kwargs: Any) -> bytes:
@@ -98,20 +101,29 @@ def test_a_key_service_failure_leaves_no_grant_on_record(
 
     monkeypatch.setattr(svc.keys, "unwrap", refuse)
     r = _read(api, read_once, "vault-down")
-    assert r.status_code == 503 and "body" not in r.get_json()
-    assert request_records(db_url, "vault-down") == expected
+    assert r.status_code == status and "body" not in r.get_json()
+    assert request_records(db_url, "vault-down") == [("note.read", "unavailable", reason)]
 
 
-def test_a_suspension_by_sql_still_stops_the_next_read(
-    api: Api, read_once: dict[str, Any], db_url: str
+_CHANGES = {
+    "suspended": "UPDATE principals SET suspended_at = now(), suspended_reason = 'test'"
+    " WHERE id = %(p)s",
+    "revoked": "UPDATE tokens SET revoked_at = now() WHERE principal_id = %(p)s",
+    "off-care-team": "DELETE FROM care_team WHERE principal_id = %(p)s",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "status"), [("suspended", 403), ("revoked", 401), ("off-care-team", 404)]
+)
+def test_a_change_by_sql_still_stops_the_next_read(
+    api: Api, read_once: dict[str, Any], db_url: str, change: str, status: int
 ):
-    """The statement that leaves the record to the gate still confirms the account."""
+    """The statement that leaves the record to the gate still confirms the account and
+    its token, and the gate still checks the care team."""
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE principals SET suspended_at = now(), suspended_reason = 'test' WHERE id = %s",
-            (read_once["dr"].id,),
-        )
-    r = _read(api, read_once, "suspended")
-    assert r.status_code == 403
+        conn.execute(_CHANGES[change], {"p": read_once["dr"].id})
+    r = _read(api, read_once, change)
+    assert r.status_code == status
     assert "body" not in r.get_json()
-    assert not [x for x in request_records(db_url, "suspended") if x[1] == "granted"]
+    assert not [x for x in request_records(db_url, change) if x[1] == "granted"]

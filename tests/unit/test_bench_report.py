@@ -83,12 +83,18 @@ def test_the_cold_read_is_judged_against_the_warm_read_of_its_own_path() -> None
         {"operation": "Sealed Notes cold read, untraced", "p50_ms": 4.5},
         {"operation": "Sealed Notes warm read, remembered caller", "p50_ms": 1.0},
         {"operation": "Sealed Notes cold read, remembered caller", "p50_ms": 4.5},
+        {
+            "operation": "Sealed Notes cold read, remembered caller, note unknown to the worker",
+            "p50_ms": 3.25,
+        },
     ]
     lines = report.cold_read_lines(timings)
     assert lines == [
         "  Sealed Notes cold read, untraced - warm, p50: +2.50 ms (target <= +3 ms: ok)",
         "  Sealed Notes cold read, remembered caller - warm, p50: +3.50 ms"
         " (target <= +3 ms: missed)",
+        "  Sealed Notes cold read, remembered caller, note unknown to the worker - warm, p50:"
+        " +2.25 ms (target <= +3 ms: ok)",
     ]
     assert report.cold_read_lines(timings[:1]) == []
 

@@ -343,3 +343,26 @@ def test_a_read_whose_unwrap_fails_appends_no_grant(w: World, monkeypatch: pytes
         w.read(pid)
     assert ("note.read", "granted") not in [pair for call in calls for pair in call]
     assert w.audit(action="note.read", outcome="granted") == []
+
+
+def test_a_new_patients_read_whose_unwrap_fails_charges_nothing_and_is_recorded(
+    w: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Nothing was released: the budget charge is dropped, the attempt recorded as
+    `unavailable` (never `granted`)."""
+    from service.errors import KeyServiceUnavailable
+
+    pid = w.patient("p1")
+    w.write(pid)
+
+    def down(*_args: Any, **_kwargs: Any) -> bytes:
+        raise KeyServiceUnavailable()
+
+    monkeypatch.setattr(w.keys, "unwrap", down)
+    with pytest.raises(KeyServiceUnavailable):
+        w.read(pid)
+    assert w.db.committed.releases == []
+    recorded = w.audit(action="note.read")
+    assert [(e.outcome, e.reason) for e in recorded] == [  # type: ignore[attr-defined]
+        ("unavailable", "key-service-unavailable")
+    ]
