@@ -260,7 +260,6 @@ class KeyReleaseGate:
         if found.note is None:
             return None
         note = found.note
-        self._cache.remember_note(note.tenant_id, note.id, note.patient_id)
         release = self.release(
             tx,
             caller,
@@ -269,6 +268,7 @@ class KeyReleaseGate:
             note_id=note.id,
             _seen=(now, found.gate, found.recorded),
         )
+        self._cache.remember_note(note.tenant_id, note.id, note.patient_id)  # granted
         return note, found.version, release
 
     def _disagree(self, caller: Caller, what: str) -> None:

@@ -70,6 +70,9 @@ class KeyUnwrapper:
             self._record(tx, grant)
             return cached
         self._metrics.key_cache_lookup("miss")
+        # A read (its grant on record, or to be recorded with the key) that comes to
+        # nothing is recorded as `unavailable`; a write's failure is its own request's.
+        read = granted_already or grant is not None
         try:
             key = self._keys.unwrap(
                 WrappedKey(row.wrapped_key, row.key_version),
@@ -81,14 +84,14 @@ class KeyUnwrapper:
             raise
         except DecryptionError as e:
             log.error("wrapped key failed to unwrap for patient %s", patient.id)
-            self._came_to_nothing(
-                tx, caller, patient, action, note_id, IntegrityFailure.slug, granted_already, grant
-            )
+            if read:
+                self._unavailable(
+                    tx, caller, patient, action, note_id, reason=IntegrityFailure.slug
+                )
             raise IntegrityFailure() from e
         except ServiceError as e:  # Vault unavailable, sealed, too slow
-            self._came_to_nothing(
-                tx, caller, patient, action, note_id, e.slug, granted_already, grant
-            )
+            if read:
+                self._unavailable(tx, caller, patient, action, note_id, reason=e.slug)
             raise
         # Vault logs every unwrap with its derivation context; this record names the
         # request that caused it, so `audit reconcile` can match the two one to one.
@@ -103,25 +106,6 @@ class KeyUnwrapper:
         self._record(tx, unwrapped, grant)
         self._cache.put(ckey, key)
         return key
-
-    def _came_to_nothing(
-        self,
-        tx: UnitOfWork,
-        caller: Caller,
-        patient: Patient,
-        action: str,
-        note_id: str | None,
-        reason: str,
-        granted_already: bool,
-        grant: AuditEvent | None,
-    ) -> None:
-        """The unwrap failed: a read whose grant is on record already, or was to be
-        recorded with the key, records `unavailable` (nothing was released, and the log
-        shows the attempt). What this transaction charged is dropped first."""
-        if grant is not None:
-            tx.rollback()
-        if granted_already or grant is not None:
-            self._unavailable(tx, caller, patient, action, note_id, reason=reason)
 
     def _record(self, tx: UnitOfWork, *events: AuditEvent | None) -> None:
         self._audit.append(tx, *(e for e in events if e is not None))
@@ -195,8 +179,7 @@ class KeyUnwrapper:
         note_id: str | None,
     ) -> None:
         """Vault refused the unwrap (its quota for the tenant is spent): nothing is
-        released, so drop what this transaction charged, then record the refusal."""
-        tx.rollback()
+        released; the refusal is recorded (and what this transaction charged dropped)."""
         self._unavailable(tx, caller, patient, action, note_id, reason="vault-unwrap-quota")
         self._metrics.vault_throttled.inc()
         self._alerts.emit(
@@ -216,7 +199,9 @@ class KeyUnwrapper:
         *,
         reason: str,
     ) -> None:
-        """Record, and commit, that the read came to nothing: the key was not released."""
+        """Record, and commit, that the read came to nothing: the key was not released, so
+        what this transaction charged is dropped first (the budget counts releases)."""
+        tx.rollback()
         self._audit.record(
             tx,
             action=action,

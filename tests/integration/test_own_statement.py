@@ -126,6 +126,20 @@ def test_after_a_rollback_the_connection_knows_what_the_server_holds(
     assert _ours(conn, own) == 1
 
 
+def test_a_rollback_with_nothing_to_roll_back_asks_the_server_nothing(
+    conn: Connection[Any],
+) -> None:
+    own = _statement("SELECT %(x)s::integer + 20 AS z")
+    assert own.fetch_one(conn, {"x": 1}) == {"z": 21}
+    known = dict(conn.direct)
+    # Behind the connection's back (psycopg does not see it), the server forgets; a
+    # rollback that asked the server what it holds would learn it.
+    conn.pgconn.exec_(b"DEALLOCATE ALL")
+    conn.rollback()  # no transaction open: nothing sent
+    assert conn.direct == known
+    assert own.fetch_one(conn, {"x": 2}) == {"z": 22}  # prepared again on the miss
+
+
 def test_never_inside_an_open_transaction(conn: Connection[Any], db_url: str) -> None:
     table = f"own_statement_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as other:

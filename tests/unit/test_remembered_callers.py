@@ -12,7 +12,7 @@ import pytest
 
 from service.access.authentication import hash_token
 from service.access.remembered import RememberedCallers, opaque_token_digest
-from service.errors import CallerChanged, GateDisagreement
+from service.errors import CallerChanged, GateDisagreement, NotFound
 from service.models import AuditEvent, NoteSnapshot, Principal, Role
 from service.notes.sealing import NoteContent
 from tests.fakes import T0, World, _copy
@@ -188,3 +188,25 @@ def test_a_reread_that_will_call_vault_records_its_grant_with_the_unwrap(
     else:
         assert recorded == [("key.unwrap", "granted"), ("note.read", "granted")]
         assert [a for a in appends if a] == [recorded]  # one append: one commit
+
+
+def test_only_a_granted_read_teaches_the_worker_a_notes_patient(monkeypatch: pytest.MonkeyPatch):
+    """A caller the gate refuses (not on the care team) leaves no trace in the worker's
+    hints: the next caller's read is decided as if the note had never been asked for."""
+    w = World(BUDGETS)  # keys live 0 s: a known note always lacks its key
+    w.db.state.tokens[hash_token(TOKEN)] = ("doc", T0 + timedelta(days=1), None)
+    w.db.committed = _copy(w.db.state)
+    note_id = _note(w)
+    with pytest.raises(NotFound):
+        notes_for(w).read(w.caller("doc2"), note_id)
+    asked: list[bool] = []
+    snapshot = FakeLedger.note_gate_snapshot
+
+    def spy(self: FakeLedger, *args: Any, **kwargs: Any) -> NoteSnapshot:
+        asked.append(kwargs["confirm"].record_grant)
+        return snapshot(self, *args, **kwargs)
+
+    monkeypatch.setattr(FakeLedger, "note_gate_snapshot", spy)
+    notes_for(w).read(w.caller(), note_id, confirm_token=hash_token(TOKEN))
+    notes_for(w).read(w.caller(), note_id, confirm_token=hash_token(TOKEN))
+    assert asked == [True, False]  # unknown at first; known, key not held, afterwards

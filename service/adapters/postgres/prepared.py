@@ -56,8 +56,11 @@ class Connection(psycopg.Connection[Row]):
         self.direct: dict[tuple[str, tuple[int, ...]], bytes] = {}
 
     def rollback(self) -> None:
+        # With no transaction open psycopg's rollback sends nothing and deallocates
+        # nothing: what this connection knows is still true.
+        idle = self.info.transaction_status == pq.TransactionStatus.IDLE
         super().rollback()
-        if self.direct:
+        if self.direct and not idle:
             self._keep_what_the_server_holds()
 
     def _keep_what_the_server_holds(self) -> None:
